@@ -1,0 +1,57 @@
+"""The dataset object every analysis consumes: aligned clean/corrupted syllogism prompts."""
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Int
+
+ROLE_NAMES: tuple[str, ...] = (
+    "bos",
+    "category",
+    "descriptor",
+    "opposite",
+    "noun",
+    "category2",
+    "noun2",
+    "final",
+)
+"""Roles every syllogism prompt carries; each maps to one token position."""
+
+
+@dataclass(frozen=True)
+class FilterReport:
+    """How many items one filter kept out of how many it saw."""
+
+    name: str
+    kept: int
+    total: int
+
+
+@dataclass(frozen=True)
+class SyllogismDataset:
+    """Clean/corrupted prompt pairs with aligned roles.
+
+    ``clean_tokens[i]`` and ``corrupted_tokens[i]`` differ only by swapping the descriptor
+    and its opposite; ``answers[i] = (right, wrong)`` are the first tokens of the clean
+    prompt's descriptor and opposite, so the corrupted prompt's right answer is
+    ``answers[i, 1]``. ``roles[name]`` is the position (same for every prompt) of the role's
+    first token: ``descriptor`` is the descriptor's first token, ``final`` the last position.
+    """
+
+    variant: str
+    seed: int
+    prompts: list[str]
+    corrupted_prompts: list[str]
+    clean_tokens: Int[torch.Tensor, "n seq"]
+    corrupted_tokens: Int[torch.Tensor, "n seq"]
+    answers: Int[torch.Tensor, "n 2"]
+    roles: dict[str, int]
+    filters: list[FilterReport] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def seq_len(self) -> int:
+        """Token count of every prompt, BOS included."""
+        return int(self.clean_tokens.shape[1])

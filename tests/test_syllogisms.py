@@ -1,0 +1,155 @@
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuit.syllogisms import (
+    PYTHIA_LENGTHS,
+    STUDY_WORDS,
+    DatasetError,
+    Recipe,
+    TokenizedPrompt,
+    TokenLengths,
+    WordLists,
+    build_dataset,
+    combinations,
+    generate,
+    pair_opposites,
+    recipe_for,
+    stack_aligned,
+    tokenize_prompt,
+)
+from circuit.templates import STUDY_TEMPLATE
+from circuit.vocabulary import (
+    HELDOUT_CATEGORIES,
+    HELDOUT_NOUNS,
+    STUDY_CATEGORIES,
+    STUDY_DESCRIPTOR_PAIRS,
+    STUDY_NOUNS,
+)
+
+NOTEBOOK = (
+    Path(__file__).resolve().parents[2] / "shared" / "seed" / "syllogism-circuit-notebook.txt"
+)
+
+
+def _notebook_list(name: str) -> list[str]:
+    text = NOTEBOOK.read_text()
+    match = re.search(rf"^{name} = \[(.*?)\]", text, flags=re.S | re.M)
+    assert match, f"{name} not found in the notebook"
+    return re.findall(r"'([^']+)'", match.group(1))
+
+
+@pytest.mark.skipif(not NOTEBOOK.is_file(), reason="the study notebook (shared/seed) is absent")
+def test_word_lists_are_the_notebooks():
+    assert list(STUDY_CATEGORIES) == _notebook_list("categories")
+    descriptors = _notebook_list("descriptors")
+    assert [w for pair in STUDY_DESCRIPTOR_PAIRS for w in pair] == descriptors
+    assert list(STUDY_NOUNS) == _notebook_list("capitalized_nouns")
+
+
+def test_heldout_words_are_disjoint_from_the_study():
+    assert not set(HELDOUT_CATEGORIES) & set(STUDY_CATEGORIES)
+    assert not {n.lower() for n in HELDOUT_NOUNS} & {n.lower() for n in STUDY_NOUNS}
+
+
+def test_study_recipe_defaults_are_the_notebooks():
+    recipe = recipe_for("study")
+    assert (recipe.seed, recipe.n_pairs, recipe.threshold) == (42, 56, 2.0)
+    assert recipe.template == STUDY_TEMPLATE
+    assert recipe.logit_diff_filter
+    assert TokenLengths(category=1, descriptor=3, noun=2, noun_lower=1) == PYTHIA_LENGTHS
+    assert not recipe_for("unfiltered").logit_diff_filter
+    assert recipe_for("heldout").words.nouns == HELDOUT_NOUNS
+
+
+def test_combinations_follow_the_notebook_order_and_pair_opposites():
+    words = WordLists(("birds", "fish"), (("exoskeletal", "endoskeletal"),), ("Horses",))
+    combos = combinations(words)
+    assert [(c.category, c.descriptor, c.opposite) for c in combos] == [
+        ("birds", "exoskeletal", "endoskeletal"),
+        ("birds", "endoskeletal", "exoskeletal"),
+        ("fish", "exoskeletal", "endoskeletal"),
+        ("fish", "endoskeletal", "exoskeletal"),
+    ]
+    ordered = pair_opposites([combos[1], combos[0], combos[2]])
+    assert ordered == [combos[1], combos[0], combos[2], combos[3]]
+
+
+def test_unknown_variant_raises():
+    with pytest.raises(DatasetError, match="unknown dataset variant 'train'"):
+        recipe_for("train")
+
+
+def test_filter_that_empties_the_dataset_names_itself(bundled_tokenizer):
+    words = WordLists(STUDY_WORDS.categories, STUDY_WORDS.descriptor_pairs, ("Horses",))
+    recipe = Recipe(words=words, lengths=TokenLengths(noun=40), logit_diff_filter=False)
+    with pytest.raises(DatasetError, match=r"nouns are 40 token\(s\)' kept 0/1"):
+        generate(bundled_tokenizer, recipe)
+
+
+def test_misaligned_prompts_are_rejected_naming_the_prompt(bundled_tokenizer):
+    combo = combinations(WordLists(("birds",), STUDY_DESCRIPTOR_PAIRS[:1], ("Horses",)))[0]
+    study = tokenize_prompt(bundled_tokenizer, STUDY_TEMPLATE, combo)
+    longer = tokenize_prompt(bundled_tokenizer, "Yes. " + STUDY_TEMPLATE, combo)
+    with pytest.raises(DatasetError, match=r"prompt 'Yes\. All birds.*tokens"):
+        stack_aligned([study, longer])
+    moved = TokenizedPrompt(study.text + "!", study.tokens, {**study.roles, "noun": 1})
+    with pytest.raises(DatasetError, match=r"misaligned with"):
+        stack_aligned([study, moved])
+    assert stack_aligned([study, study])[1] == study.roles
+
+
+@pytest.mark.parametrize("variant", ["study", "unfiltered", "heldout"])
+def test_bundled_model_variants_have_aligned_roles(bundled_model, variant):
+    dataset = build_dataset(bundled_model, variant)
+    assert len(dataset) >= 40
+    assert dataset.clean_tokens.shape == dataset.corrupted_tokens.shape
+    tokens = dataset.clean_tokens
+    roles = dataset.roles
+    assert roles["final"] == tokens.shape[1] - 1
+    assert torch.equal(tokens[:, roles["descriptor"]], dataset.answers[:, 0])
+    assert torch.equal(tokens[:, roles["opposite"]], dataset.answers[:, 1])
+    assert torch.equal(dataset.corrupted_tokens[:, roles["descriptor"]], dataset.answers[:, 1])
+    assert (tokens[:, roles["bos"]] == bundled_model.tokenizer.bos_token_id).all()
+    assert all(f.kept > 0 and f.kept <= f.total for f in dataset.filters)
+
+
+def test_study_variant_reports_every_filter(bundled_model):
+    dataset = build_dataset(bundled_model, "study")
+    names = [f.name for f in dataset.filters]
+    assert any(name.startswith("categories are") for name in names)
+    assert any(name.startswith("descriptor pairs are") for name in names)
+    assert any(name.startswith("nouns are") for name in names)
+    assert any(name.startswith("lower-case nouns are") for name in names)
+    assert any(name.startswith("logit diff > 2") for name in names)
+    assert names[-1] == "sample (seed 42)"
+
+
+def test_study_variant_keeps_only_prompts_the_model_solves(bundled_model):
+    from circuit.metrics import logit_diff
+
+    dataset = build_dataset(bundled_model, "study")
+    clean = logit_diff(bundled_model(dataset.clean_tokens), dataset.answers)
+    assert (clean > 2).all()
+
+
+def test_random_pythia_unfiltered_is_aligned(random_pythia_70m):
+    dataset = build_dataset(random_pythia_70m, "unfiltered", n_pairs=8)
+    assert dataset.clean_tokens.shape[0] == len(dataset.prompts) >= 8
+    assert torch.equal(dataset.clean_tokens[:, dataset.roles["descriptor"]], dataset.answers[:, 0])
+
+
+def test_random_pythia_study_is_emptied_by_the_logit_diff_filter_and_says_so(random_pythia_70m):
+    with pytest.raises(DatasetError, match=r"logit diff > 2 and swapped < -2' kept 0/\d+"):
+        build_dataset(random_pythia_70m, "study")
+
+
+def test_same_seed_same_dataset_other_seed_other_sample(bundled_model):
+    first = build_dataset(bundled_model, "unfiltered", seed=7)
+    again = build_dataset(bundled_model, "unfiltered", seed=7)
+    other = build_dataset(bundled_model, "unfiltered", seed=8)
+    assert first.prompts == again.prompts
+    assert torch.equal(first.clean_tokens, again.clean_tokens)
+    assert first.prompts != other.prompts
