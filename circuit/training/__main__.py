@@ -1,0 +1,122 @@
+"""Retrain the bundled model from scratch and write the shipped layout.
+
+``python -m circuit.training [--out DIR] [--seed 0] [--steps N] [--revisions 100,150,400]``
+
+Writes the final model, its revisions, ``revisions.json``, ``training_log.json`` and the
+model card (``README.md``, with freshly measured evaluation and attribution numbers) to
+``--out`` (default: ``fixtures/models/syllogism-neox``).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from transformers import GPTNeoXForCausalLM
+
+from circuit.training.card import write_card
+from circuit.training.layout import (
+    DEFAULT_DIR,
+    Revision,
+    revision_name,
+    save_hf_dir,
+    write_manifest,
+)
+from circuit.training.model_config import ModelShape, TrainConfig
+from circuit.training.tokenizer import to_hf_tokenizer, train_tokenizer
+from circuit.training.train import train
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; defaults reproduce the shipped model."""
+    defaults = TrainConfig()
+    shape = ModelShape()
+    parser = argparse.ArgumentParser(prog="python -m circuit.training", description=__doc__)
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="output directory")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument(
+        "--revisions",
+        default=",".join(str(step) for step in defaults.revision_steps),
+        help="comma-separated checkpoint steps saved under revisions/stepN",
+    )
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--d-model", type=int, default=shape.d_model)
+    parser.add_argument("--layers", type=int, default=shape.n_layers)
+    parser.add_argument("--heads", type=int, default=shape.n_heads)
+    parser.add_argument("--d-mlp", type=int, default=shape.d_mlp)
+    parser.add_argument(
+        "--random-opposite-rate",
+        type=float,
+        default=defaults.random_opposite_rate,
+        help="share of training syllogisms whose opposite is another pair's descriptor",
+    )
+    parser.add_argument(
+        "--no-extra-descriptors",
+        action="store_true",
+        help="train on the study descriptor pairs only",
+    )
+    parser.add_argument("--no-card", action="store_true", help="skip evaluation and the card")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, save every revision and the final model, then measure and write the card."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    args = parse_args(argv)
+    revision_steps = tuple(int(s) for s in args.revisions.split(",") if s.strip())
+    shape = ModelShape(
+        d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_mlp=args.d_mlp
+    )
+    config = TrainConfig(
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        revision_steps=tuple(step for step in revision_steps if step < args.steps),
+        eval_every=args.eval_every,
+        threads=args.threads,
+        random_opposite_rate=args.random_opposite_rate,
+        extra_descriptors=not args.no_extra_descriptors,
+        shape=shape,
+    )
+    out: Path = args.out
+    if (out / "revisions").exists():
+        shutil.rmtree(out / "revisions")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tokenizer = to_hf_tokenizer(train_tokenizer(config.vocab_size), shape.max_positions)
+    revisions: list[Revision] = []
+
+    def save_revision(step: int, model: GPTNeoXForCausalLM) -> None:
+        name = revision_name(step)
+        save_hf_dir(model, tokenizer, out / "revisions" / name)
+        revisions.append(Revision(name, step, f"revisions/{name}"))
+
+    result = train(config, tokenizer, on_revision=save_revision)
+    final = revision_name(config.steps)
+    save_hf_dir(result.model, tokenizer, out)
+    revisions.append(Revision(final, config.steps, "."))
+    write_manifest(out, revisions, final)
+    log = {
+        "config": config.to_dict(),
+        "train_wall_seconds": result.wall_seconds,
+        "total_wall_seconds": time.perf_counter() - started,
+        "losses": result.losses,
+        "evals": result.evals,
+    }
+    (out / "training_log.json").write_text(json.dumps(log) + "\n")
+    print(f"trained {config.steps} steps in {result.wall_seconds:.1f}s; wrote {out}")
+    if not args.no_card:
+        write_card(out)
+        print(f"wrote {out / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

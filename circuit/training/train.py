@@ -1,0 +1,137 @@
+"""Deterministic CPU training of the bundled GPT-NeoX on the generated syllogism corpus."""
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerBase
+
+from circuit.training.corpus import evaluation_prompts, training_texts
+from circuit.training.metrics import encode_texts, score
+from circuit.training.model_config import TrainConfig
+
+RevisionHook = Callable[[int, GPTNeoXForCausalLM], None]
+"""Called as ``hook(step, model)`` after ``step`` optimiser steps, for each revision step."""
+
+
+@dataclass
+class TrainResult:
+    """What a run measured: per-step loss, periodic held-out accuracy, wall time."""
+
+    model: GPTNeoXForCausalLM
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def make_deterministic(seed: int, threads: int) -> None:
+    """Seed torch and Python, force deterministic kernels, fix the thread count."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup then cosine decay to ``min_lr_ratio`` (multiplier of ``config.lr``)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+
+def lm_loss(model: GPTNeoXForCausalLM, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over real (non-padding) targets of ``tokens [n, T]``."""
+    logits = model(input_ids=tokens).logits[:, :-1]
+    targets = tokens[:, 1:].clone()
+    positions = torch.arange(1, tokens.shape[1]).unsqueeze(0)
+    targets[positions >= lengths.unsqueeze(1)] = -100
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )
+
+
+def heldout_probe(
+    model: GPTNeoXForCausalLM, tokenizer: PreTrainedTokenizerBase, n: int
+) -> dict[str, float]:
+    """Accuracy and mean logit diff on the study template, train and held-out words."""
+    model.eval()
+    result: dict[str, float] = {}
+    for split in ("train", "heldout"):
+        accuracy, diff = score(model, tokenizer, evaluation_prompts("study", split, n, seed=1))
+        result[f"{split}_accuracy"] = accuracy
+        result[f"{split}_logit_diff"] = diff
+    model.train()
+    return result
+
+
+def train(
+    config: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    on_revision: RevisionHook | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train from scratch; returns the final model and the measured curves.
+
+    Gradients are enabled inside, whatever the caller's grad mode.
+    """
+    with torch.enable_grad():
+        return _train(config, tokenizer, on_revision, log)
+
+
+def _train(
+    config: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    on_revision: RevisionHook | None,
+    log: Callable[[str], None],
+) -> TrainResult:
+    make_deterministic(config.seed, config.threads)
+    model = GPTNeoXForCausalLM(config.shape.hf_config(len(tokenizer)))
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+    )
+    data_rng = random.Random(config.seed)
+    result = TrainResult(model=model)
+    start = time.perf_counter()
+    for step in range(config.steps):
+        for group in optimiser.param_groups:
+            group["lr"] = config.lr * lr_factor(step, config)
+        texts = training_texts(
+            data_rng, config.batch_size, config.random_opposite_rate, config.extra_descriptors
+        )
+        tokens, lengths = encode_texts(tokenizer, texts, append_eos=True)
+        loss = lm_loss(model, tokens, lengths)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimiser.step()
+        result.losses.append(float(loss.detach()))
+        done = step + 1
+        if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+            probe = heldout_probe(model, tokenizer, config.eval_prompts)
+            result.evals.append({"step": done, "loss": result.losses[-1], **probe})
+            log(
+                f"step {done:5d} loss {result.losses[-1]:.4f} "
+                f"train acc {probe['train_accuracy']:.3f} ld {probe['train_logit_diff']:.2f} "
+                f"heldout acc {probe['heldout_accuracy']:.3f} ld {probe['heldout_logit_diff']:.2f} "
+                f"({time.perf_counter() - start:.0f}s)"
+            )
+        if on_revision is not None and done in config.revision_steps:
+            model.eval()
+            on_revision(done, model)
+            model.train()
+    result.wall_seconds = time.perf_counter() - start
+    model.eval()
+    return result
