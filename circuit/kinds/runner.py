@@ -1,0 +1,68 @@
+"""Measure every claim case of a run first, then judge them together.
+
+Benjamini-Hochberg makes each verdict depend on every p-value of the run, so verdicts are
+final only once all cases are measured: :func:`measure_case` measures one case (intervals
+and uncorrected p-values); :func:`judge_run` corrects across all of them and applies the
+rule, producing one :class:`~circuit.reports.ClaimRecord` per case.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from circuit.claims import ClaimCase
+from circuit.kinds import evidence_for
+from circuit.kinds.measurements import Subject
+from circuit.reports import ClaimRecord
+from circuit.statistics import Judgement, Measured, VerdictSettings, correct, measure, verdict_of
+
+
+@dataclass(frozen=True)
+class MeasuredCase:
+    """One case's checks before correction, or why it could not be measured."""
+
+    case: ClaimCase
+    settings: VerdictSettings
+    checks: tuple[Measured, ...] = ()
+    error: str | None = None
+    n_prompts: int = 0
+
+
+def measure_case(case: ClaimCase, subject: Subject, settings: VerdictSettings) -> MeasuredCase:
+    """Every check of ``case`` on ``subject``: statistic, interval, uncorrected p."""
+    identity = (case.claim.id, case.claim.kind, case.variant)
+    checks = tuple(
+        measure(evidence, settings, *identity) for evidence in evidence_for(case.claim, subject)
+    )
+    return MeasuredCase(case, settings, checks, n_prompts=len(subject.dataset))
+
+
+def failed_case(case: ClaimCase, settings: VerdictSettings, error: str) -> MeasuredCase:
+    """A case that could not be measured (its record will say ERROR and why)."""
+    return MeasuredCase(case, settings, error=error)
+
+
+def judge_run(measured: Sequence[MeasuredCase]) -> list[ClaimRecord]:
+    """BH across every check of every measured case, then the verdict rule per check."""
+    flat = [(i, check) for i, m in enumerate(measured) for check in m.checks]
+    adjusted = correct([check.p for _, check in flat])
+    judged: dict[int, list[Judgement]] = {}
+    for (index, check), p in zip(flat, adjusted, strict=True):
+        alpha = measured[index].settings.alpha
+        verdict = verdict_of(check, float(p), alpha)
+        judged.setdefault(index, []).append(Judgement(check, float(p), alpha, verdict))
+    return [
+        ClaimRecord(
+            test_id=m.case.test_id,
+            claim_id=m.case.claim.id,
+            kind=m.case.claim.kind,
+            model=m.case.model,
+            revision=m.case.revision,
+            variant=m.case.variant,
+            claim_file=str(m.case.file.path),
+            heads=tuple(str(h) for h in m.case.claim.primary_heads),
+            checks=tuple(judged.get(index, ())),
+            error=m.error,
+            n_prompts=m.n_prompts,
+        )
+        for index, m in enumerate(measured)
+    ]

@@ -1,0 +1,192 @@
+"""Judged claims as records, the verdict table (tabulate) and the JSON report.
+
+One :class:`ClaimRecord` per claim x dataset variant. Its verdict is the most severe of its
+checks' verdicts (every check must be CONFIRMED for the claim to be); its headline numbers
+are those of the *deciding* check (the most severe, then the largest corrected p-value).
+A case that could not be measured (e.g. the dataset filter emptied it) is an ``ERROR``.
+"""
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from circuit.statistics import VERDICT_ORDER, Judgement, Verdict, confidence_text, worst
+
+ERROR = "ERROR"
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    """A claim judged on one dataset variant of one model."""
+
+    test_id: str
+    claim_id: str
+    kind: str
+    model: str
+    revision: str | None
+    variant: str
+    claim_file: str
+    heads: tuple[str, ...]
+    checks: tuple[Judgement, ...] = ()
+    error: str | None = None
+    n_prompts: int = 0
+
+    @property
+    def outcome(self) -> str:
+        """``CONFIRMED``, ``INCONCLUSIVE``, ``REFUTED`` or ``ERROR``."""
+        if self.error is not None or not self.checks:
+            return ERROR
+        return str(worst([j.verdict for j in self.checks]))
+
+    @property
+    def passed(self) -> bool:
+        """Only CONFIRMED passes."""
+        return self.outcome == Verdict.CONFIRMED
+
+    def deciding(self) -> Judgement | None:
+        """The check that decides the verdict (most severe, then least significant)."""
+        if not self.checks:
+            return None
+        return max(self.checks, key=lambda j: (VERDICT_ORDER[j.verdict], j.p_corrected))
+
+    def failure_message(self) -> str:
+        """Why the claim is not CONFIRMED: every check with its numbers and what it needed."""
+        head = f"{self.test_id} on {self.model}@{self.revision or 'default'}: {self.outcome}"
+        if self.error is not None:
+            return f"{head}: could not be measured: {self.error}"
+        return "\n".join([head, *("  " + j.explanation() for j in self.checks)])
+
+
+TABLE_HEADERS = (
+    "claim",
+    "variant",
+    "check",
+    "statistic",
+    "interval",
+    "threshold",
+    "p",
+    "corrected p",
+    "verdict",
+    "claim verdict",
+)
+
+
+def _number(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.3g}"
+
+
+def table_rows(records: Sequence[ClaimRecord]) -> list[list[str]]:
+    """One row per check; the claim's verdict (worst of its checks) on its first row."""
+    rows: list[list[str]] = []
+    for record in records:
+        if record.error is not None or not record.checks:
+            rows.append([record.test_id, record.variant, "-", "", "", "", "", "", "", ERROR])
+            continue
+        for index, judgement in enumerate(record.checks):
+            m = judgement.measured
+            rows.append(
+                [
+                    record.test_id if index == 0 else "",
+                    record.variant if index == 0 else "",
+                    m.check,
+                    _number(m.statistic),
+                    f"[{_number(m.low)}, {_number(m.high)}]",
+                    f"{m.side.value} {_number(m.threshold)}",
+                    f"{m.p:.2g}",
+                    f"{judgement.p_corrected:.2g}",
+                    str(judgement.verdict),
+                    record.outcome if index == 0 else "",
+                ]
+            )
+    return rows
+
+
+def verdict_table(records: Sequence[ClaimRecord], tablefmt: str = "simple") -> str:
+    """The verdict table: claim, variant, check, statistic, interval, threshold, p,
+    corrected p, the check's verdict and the claim's."""
+    return tabulate(table_rows(records), headers=TABLE_HEADERS, tablefmt=tablefmt)
+
+
+def summary_line(records: Sequence[ClaimRecord]) -> str:
+    """Counts of outcomes, e.g. ``4 CONFIRMED, 1 REFUTED``."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.outcome] = counts.get(record.outcome, 0) + 1
+    order = [*map(str, VERDICT_ORDER), ERROR]
+    return ", ".join(f"{counts[o]} {o}" for o in order if o in counts) or "no claims judged"
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def judgement_json(judgement: Judgement) -> dict[str, Any]:
+    """One check as JSON-safe values (non-finite numbers become null)."""
+    m = judgement.measured
+    return {
+        "check": m.check,
+        "statistic": _finite(m.statistic),
+        "interval": [_finite(m.low), _finite(m.high)],
+        "interval_kind": confidence_text(m),
+        "threshold": m.threshold,
+        "side": m.side.value,
+        "p": m.p,
+        "corrected_p": judgement.p_corrected,
+        "alpha": judgement.alpha,
+        "null": m.null_name,
+        "null_median": _finite(m.null_median),
+        "unit": m.unit,
+        "verdict": str(judgement.verdict),
+    }
+
+
+def record_json(record: ClaimRecord) -> dict[str, Any]:
+    """One claim x variant: its identity, the deciding check's numbers and every check."""
+    deciding = record.deciding()
+    headline = judgement_json(deciding) if deciding is not None else {}
+    return {
+        "id": record.claim_id,
+        "test_id": record.test_id,
+        "kind": record.kind,
+        "claim_file": record.claim_file,
+        "heads": list(record.heads),
+        "model": record.model,
+        "revision": record.revision,
+        "variant": record.variant,
+        "n_prompts": record.n_prompts,
+        "statistic": headline.get("statistic"),
+        "interval": headline.get("interval"),
+        "threshold": headline.get("threshold"),
+        "p": headline.get("p"),
+        "corrected_p": headline.get("corrected_p"),
+        "deciding_check": headline.get("check"),
+        "verdict": record.outcome,
+        "error": record.error,
+        "checks": [judgement_json(j) for j in record.checks],
+    }
+
+
+def json_report(records: Sequence[ClaimRecord], environment: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole run: schema version, environment, outcome counts and one record per case."""
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "environment": dict(environment),
+        "summary": summary_line(records),
+        "records": [record_json(r) for r in records],
+    }
+
+
+def write_json_report(
+    path: Path | str, records: Sequence[ClaimRecord], environment: Mapping[str, Any]
+) -> Path:
+    """Write :func:`json_report` to ``path`` (parents created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_report(records, environment), indent=2, allow_nan=False))
+    return path

@@ -1,0 +1,145 @@
+"""Measure once, judge many: a store of sweep results shared by every claim of a run.
+
+A *sweep* is an expensive measurement over one model on one dataset (direct logit
+attribution of every head, value patching by position, path patching into some receivers'
+queries, ...). Its result is a ``dict[str, torch.Tensor]`` of per-prompt data. The store
+computes each distinct sweep once per run (in memory) and, given a ``cache_dir``, keeps it
+on disk under a digest of everything that determines it: the model (spec, revision, dtype,
+device and a fingerprint of its weights), the dataset (recipe and a digest of its tokens and
+answers), the sweep's name and parameters, the library versions and the source of the
+routines that compute it.
+"""
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+SweepResult = dict[str, torch.Tensor]
+Progress = Callable[[str], None]
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SubjectKey:
+    """One model on one dataset: everything that names the subject of a sweep."""
+
+    model: str
+    revision: str | None
+    dtype: str
+    device: str
+    variant: str
+    seed: int
+    n_pairs: int | None
+
+    def describe(self) -> str:
+        """Short label for progress lines, e.g. ``bundled@final/heldout``."""
+        return f"{self.model}@{self.revision or 'default'}/{self.variant}"
+
+
+def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
+    """SHA-256 over tensors' dtypes, shapes and bytes (order matters)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Digest of a model's parameter names, shapes and values."""
+    named = sorted(model.named_parameters(), key=lambda item: item[0])
+    digest = hashlib.sha256("|".join(name for name, _ in named).encode())
+    digest.update(tensor_digest(p for _, p in named).encode())
+    return digest.hexdigest()
+
+
+def source_digest(modules: Iterable[object]) -> str:
+    """Digest of the source files of the given modules (routines that compute sweeps)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        path = getattr(module, "__file__", None)
+        if path:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class SweepStore:
+    """In-memory (and optionally on-disk) store of sweep results for one run.
+
+    ``get`` returns the stored result or computes it; ``computed`` counts the sweeps that
+    actually ran (name -> count), ``loaded`` those read back from disk.
+    """
+
+    cache_dir: Path | None = None
+    progress: Progress | None = None
+
+    def __post_init__(self) -> None:
+        self._memory: dict[str, SweepResult] = {}
+        self.computed: Counter[str] = Counter()
+        self.loaded: Counter[str] = Counter()
+
+    def key(self, subject: SubjectKey, name: str, params: object, fingerprint: str) -> str:
+        """Digest naming one sweep: subject, name, parameters and the caller's fingerprint."""
+        payload = json.dumps(
+            {
+                "format": CACHE_FORMAT,
+                "subject": asdict(subject),
+                "sweep": name,
+                "params": params,
+                "fingerprint": fingerprint,
+                "torch": torch.__version__,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def get(
+        self,
+        subject: SubjectKey,
+        name: str,
+        params: object,
+        compute: Callable[[], SweepResult],
+        fingerprint: str = "",
+    ) -> SweepResult:
+        """The sweep's result, computed at most once per run (and per cache)."""
+        key = self.key(subject, name, params, fingerprint)
+        if key in self._memory:
+            return self._memory[key]
+        label = f"sweep {name}{_params_text(params)} on {subject.describe()}"
+        path = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
+        start = time.perf_counter()
+        if path is not None and path.is_file():
+            result = torch.load(path, map_location="cpu", weights_only=True)
+            self.loaded[name] += 1
+            self._say(f"{label}: loaded from cache ({path.name[:12]})")
+        else:
+            result = {k: v.detach().to("cpu") for k, v in compute().items()}
+            self.computed[name] += 1
+            self._say(f"{label}: computed in {time.perf_counter() - start:.1f}s")
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(".tmp")
+                torch.save(result, partial)
+                partial.replace(path)
+        self._memory[key] = result
+        return result
+
+    def _say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(line)
+
+
+def _params_text(params: object) -> str:
+    if params in (None, (), {}, ""):
+        return ""
+    return f"({params})"

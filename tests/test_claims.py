@@ -1,0 +1,286 @@
+"""Claim files: the shipped files parse; every malformed file names file, claim and reason."""
+
+from pathlib import Path
+
+import pytest
+
+from circuit.claims import (
+    KIND_SCHEMAS,
+    ClaimFileError,
+    Head,
+    discover_claim_files,
+    load_claim_file,
+    parse_claim_text,
+    validate_for_model,
+)
+from circuit.kinds import KINDS
+
+CLAIMS_DIR = Path(__file__).resolve().parent.parent / "claims"
+
+VALID = """
+model = "some/model"
+revision = "step1"
+
+[dataset]
+variants = ["heldout", "unfiltered"]
+seed = 7
+n_pairs = 10
+
+[[claims]]
+id = "movers"
+kind = "word-movers"
+heads = ["L3H1", "L2H0"]
+roles = { attends_to = "descriptor" }
+thresholds = { share = 0.5, top_k = 2, spearman = 0.3 }
+
+[[claims]]
+id = "values"
+kind = "value-position"
+heads = ["L3H1"]
+roles = { position = "descriptor" }
+thresholds = { share = 0.5 }
+variants = ["heldout"]
+
+[[claims]]
+id = "queries"
+kind = "query-influencers"
+heads = ["L1H2"]
+receivers = ["L3H1", "L2H0"]
+thresholds = { top_k = 1, effect = 0.01 }
+"""
+
+
+def test_valid_file_parses_into_claims_and_cases():
+    parsed = parse_claim_text(VALID, "x.toml")
+    assert parsed.model == "some/model"
+    assert parsed.revision == "step1"
+    assert parsed.dataset.variants == ("heldout", "unfiltered")
+    assert (parsed.dataset.seed, parsed.dataset.n_pairs) == (7, 10)
+    movers, values, queries = parsed.claims
+    assert movers.primary_heads == (Head(3, 1), Head(2, 0))
+    assert movers.label == "movers[L3H1,L2H0]"
+    assert values.variants == ("heldout",)
+    assert queries.heads["receivers"] == (Head(3, 1), Head(2, 0))
+    assert [(c.id, v) for c, v in parsed.cases()] == [
+        ("movers", "heldout"),
+        ("movers", "unfiltered"),
+        ("values", "heldout"),
+        ("queries", "heldout"),
+        ("queries", "unfiltered"),
+    ]
+
+
+def test_every_schema_kind_has_a_measurement():
+    assert set(KIND_SCHEMAS) == set(KINDS)
+
+
+@pytest.mark.parametrize("path", discover_claim_files(CLAIMS_DIR), ids=lambda p: p.name)
+def test_shipped_claim_files_parse(path):
+    parsed = load_claim_file(path)
+    assert parsed.claims
+
+
+def test_pythia_file_encodes_the_study():
+    study = load_claim_file(CLAIMS_DIR / "pythia-410m.toml")
+    assert (study.model, study.revision) == ("EleutherAI/pythia-410m", "step143000")
+    by_kind = {c.kind: c for c in study.claims}
+    movers = [str(h) for h in by_kind["word-movers"].primary_heads]
+    assert movers == ["L18H0", "L19H4", "L20H2"]
+    assert by_kind["value-position"].roles["position"] == "descriptor"
+    assert [str(h) for h in by_kind["query-influencers"].primary_heads] == ["L17H15", "L14H0"]
+    assert [str(h) for h in by_kind["query-influencers"].heads["receivers"]] == movers
+
+
+def _break(old: str, new: str) -> str:
+    assert old in VALID
+    return VALID.replace(old, new, 1)
+
+
+BROKEN = {
+    "unknown kind": (_break('kind = "word-movers"', 'kind = "name-movers"'), "movers", "kind"),
+    "unknown role": (_break('attends_to = "descriptor"', 'attends_to = "verb"'), "movers", "role"),
+    "missing threshold": (
+        _break("share = 0.5, top_k = 2, spearman = 0.3", "top_k = 2, spearman = 0.3"),
+        "movers",
+        "missing threshold",
+    ),
+    "bad head": (_break('"L3H1", "L2H0"]\nroles', '"L3-1", "L2H0"]\nroles'), "movers", "head"),
+    "top_k below heads": (_break("top_k = 2,", "top_k = 1,"), "movers", "top_k"),
+    "sender after receivers": (_break('heads = ["L1H2"]', 'heads = ["L4H2"]'), "queries", "sender"),
+    "unknown variant": (
+        _break('variants = ["heldout"]', 'variants = ["train"]'),
+        "values",
+        "variant",
+    ),
+    "unknown threshold": (
+        _break("spearman = 0.3", "spearman = 0.3, kendall = 0.2"),
+        "movers",
+        "unexpected threshold",
+    ),
+    "threshold not a number": (_break("share = 0.5 }", 'share = "half" }'), "values", "number"),
+    "duplicate id": (_break('id = "values"', 'id = "movers"'), "movers", "duplicate"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_malformed_claim_names_file_claim_and_reason(name):
+    text, claim_id, reason = BROKEN[name]
+    with pytest.raises(ClaimFileError) as info:
+        parse_claim_text(text, "claims/broken.toml")
+    message = str(info.value)
+    assert "claims/broken.toml" in message
+    assert f"claim {claim_id!r}" in message
+    assert reason in message
+    assert info.value.claim_id == claim_id
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('model = "x"\n[[claims]\nid = 1\n')
+    with pytest.raises(ClaimFileError, match=r"bad\.toml: invalid TOML"):
+        load_claim_file(path)
+
+
+def test_missing_model_and_claims_are_errors():
+    with pytest.raises(ClaimFileError, match="'model'"):
+        parse_claim_text(VALID.replace('model = "some/model"', ""))
+    with pytest.raises(ClaimFileError, match="no claims"):
+        parse_claim_text(VALID.split("[[claims]]")[0])
+
+
+def test_head_out_of_range_for_the_model():
+    parsed = parse_claim_text(VALID, "claims/x.toml")
+    validate_for_model(parsed, n_layers=4, n_heads=3)
+    with pytest.raises(ClaimFileError) as info:
+        validate_for_model(parsed, n_layers=3, n_heads=3)
+    message = str(info.value)
+    assert "claims/x.toml" in message
+    assert "claim 'movers'" in message
+    assert "L3H1" in message
+    assert "3 layers" in message
+    with pytest.raises(ClaimFileError, match=r"claim 'queries'.*L1H2"):
+        validate_for_model(parsed, n_layers=4, n_heads=2)
+
+
+# --- claim kinds on planted sweeps (no model: the sweep store is filled with known data) ---
+
+PLANTED = """
+model = "planted"
+[dataset]
+variants = ["heldout"]
+[[claims]]
+id = "movers"
+kind = "word-movers"
+heads = ["L2H1"]
+roles = { attends_to = "descriptor" }
+thresholds = { share = 0.5, top_k = 1, spearman = 0.3 }
+[[claims]]
+id = "values"
+kind = "value-position"
+heads = ["L2H1"]
+roles = { position = "descriptor" }
+thresholds = { share = 0.5 }
+[[claims]]
+id = "queries"
+kind = "query-influencers"
+heads = ["L1H3"]
+receivers = ["L2H1"]
+thresholds = { top_k = 1, effect = 0.05 }
+"""
+
+
+def _planted_subject(n: int = 40):
+    """A 3-layer x 4-head subject whose sweeps hold a planted circuit: L2H1 moves the
+    descriptor (position 2), its values matter there, L1H3 steers its query."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from circuit.dataset import SyllogismDataset
+    from circuit.kinds.measurements import Subject
+    from circuit.sweeps import SubjectKey, SweepStore
+
+    g = torch.Generator().manual_seed(0)
+    layers, heads, seq = 3, 4, 6
+    clean = torch.randint(1, 50, (n, seq), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = clean[:, 2] + 50
+    roles = {"bos": 0, "category": 1, "descriptor": 2, "opposite": 3, "noun": 4}
+    roles |= {"category2": 4, "noun2": 4, "final": 5}
+    data = SyllogismDataset(
+        "heldout", 0, ["p"] * n, ["q"] * n, clean, corrupted, torch.zeros(n, 2).long(), roles
+    )
+    model = SimpleNamespace(cfg=SimpleNamespace(n_layers=layers, n_heads=heads, device="cpu"))
+    key = SubjectKey("planted", None, "float32", "cpu", "heldout", 0, None)
+    store = SweepStore()
+    subject = Subject(model, data, key, store)
+
+    attention = torch.rand(n, layers, heads, seq, generator=g) * 0.2
+    attention[:, 2, 1, 2] = torch.rand(n, generator=g)
+    dla = torch.randn(n, layers, heads, generator=g) * 0.05
+    dla[:, 2, 1] = 2.0 * attention[:, 2, 1, 2] + 0.1 * torch.randn(n, generator=g)
+    logit_diff = dla.sum(dim=(1, 2)) + 0.3
+    store.get(
+        key,
+        "clean_run",
+        None,
+        lambda: {
+            "dla": dla,
+            "write_right": dla,
+            "write_wrong": -dla,
+            "attention": attention,
+            "logit_diff": logit_diff,
+        },
+    )
+    clean_ld = 2 + 0.1 * torch.randn(n, generator=g)
+    store.get(key, "baselines", None, lambda: {"clean": clean_ld, "corrupted": -clean_ld})
+    gap = 2 * float(clean_ld.mean())
+    corrupted_norm = (-clean_ld + clean_ld.mean()) / gap
+    clean_norm = (clean_ld + clean_ld.mean()) / gap
+    noise = 0.01 * torch.randn(n, layers, seq, heads, generator=g)
+    patched = corrupted_norm[:, None, None, None] + noise
+    patched[:, 2, 2, 1] += 0.5 + 0.05 * torch.randn(n, generator=g)
+    store.get(key, "value_by_position", None, lambda: {"patched": patched})
+    path = clean_norm[:, None, None] - 0.01 * torch.rand(n, layers, heads, generator=g)
+    path[:, 1, 3] -= 0.2
+    path[:, 2:] = float("nan")
+    store.get(key, "path_query", "L2H1", lambda: {"patched": path})
+    return subject
+
+
+def _judge_planted(claims_text: str):
+    from circuit.claims import ClaimCase
+    from circuit.kinds.runner import judge_run, measure_case
+
+    parsed = parse_claim_text(claims_text, "planted.toml")
+    subject = _planted_subject()
+    cases = [ClaimCase(parsed, c, v, "planted", None) for c, v in parsed.cases()]
+    return {
+        r.claim_id: r for r in judge_run([measure_case(c, subject, parsed.verdict) for c in cases])
+    }
+
+
+def test_planted_circuit_is_confirmed_by_every_kind():
+    records = _judge_planted(PLANTED)
+    for record in records.values():
+        assert record.outcome == "CONFIRMED", record.failure_message()
+
+
+def test_wrong_heads_and_roles_are_refuted_on_planted_sweeps():
+    wrong = PLANTED.replace(
+        'heads = ["L2H1"]\nroles = { attends', 'heads = ["L0H2"]\nroles = { attends'
+    )
+    wrong = wrong.replace('position = "descriptor"', 'position = "noun"')
+    wrong = wrong.replace('heads = ["L1H3"]', 'heads = ["L0H0"]')
+    records = _judge_planted(wrong)
+    for record in records.values():
+        assert record.outcome == "REFUTED", record.failure_message()
+
+
+def test_word_mover_claim_without_spearman_skips_the_attention_check():
+    text = PLANTED.replace("top_k = 1, spearman = 0.3", "top_k = 1")
+    records = _judge_planted(text)
+    checks = [j.measured.check for j in records["movers"].checks]
+    assert checks == ["share", "top-1"]
+    with_spearman = [j.measured.check for j in _judge_planted(PLANTED)["movers"].checks]
+    assert with_spearman == ["share", "top-1", "attention(descriptor)-writing"]

@@ -1,0 +1,241 @@
+"""The pytest plugin, end to end with pytester on a tiny random model.
+
+The tiny model (2 layers x 4 heads, random weights) has no circuit: its claims are never
+CONFIRMED, which is what most of these tests rely on; a faked claim kind checks that a
+CONFIRMED claim passes.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import circuit.kinds
+from circuit.statistics import Evidence, Side
+from fixtures.tiny_model import write_tiny_model
+
+pytest_plugins = ("pytester",)
+
+CLAIMS_DIR = Path(__file__).resolve().parent.parent / "claims"
+TEST_MODULES = ("test_word_movers", "test_value_position", "test_query_influencers")
+
+WORD_MOVERS = """
+[[claims]]
+id = "word-movers"
+kind = "word-movers"
+heads = ["L1H0", "L1H1"]
+roles = { attends_to = "descriptor" }
+thresholds = { share = 0.5, top_k = 2, spearman = 0.3 }
+"""
+
+MORE_CLAIMS = """
+[[claims]]
+id = "other-movers"
+kind = "word-movers"
+heads = ["L1H2"]
+roles = { attends_to = "descriptor" }
+thresholds = { share = 0.5, top_k = 1, spearman = 0.3 }
+variants = ["heldout"]
+
+[[claims]]
+id = "values"
+kind = "value-position"
+heads = ["L1H0"]
+roles = { position = "descriptor" }
+thresholds = { share = 0.5 }
+
+[[claims]]
+id = "queries"
+kind = "query-influencers"
+heads = ["L0H1"]
+receivers = ["L1H0"]
+thresholds = { top_k = 1, effect = 0.01 }
+"""
+
+
+def claim_file(model: str | Path, claims: str = WORD_MOVERS, revision: str | None = None) -> str:
+    head = f'model = "{model}"\n'
+    if revision is not None:
+        head += f'revision = "{revision}"\n'
+    recipe = '[dataset]\nvariants = ["heldout", "unfiltered"]\nseed = 1\nn_pairs = 6\n'
+    return head + recipe + claims
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A project (an ini file fixes its rootdir) with the shipped claim test modules."""
+    pytester.makeini("[pytest]\n")
+    directory = pytester.path / "claims"
+    directory.mkdir()
+    for name in TEST_MODULES:
+        (directory / f"{name}.py").write_text((CLAIMS_DIR / f"{name}.py").read_text())
+    return pytester
+
+
+def write_claims(project: pytest.Pytester, name: str, text: str) -> Path:
+    path = project.path / "claims" / name
+    path.write_text(text)
+    return path
+
+
+def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return project.runpytest("-p", "fixtures.plugin", "-p", "no:cacheprovider", "claims", *args)
+
+
+def test_header_ids_table_and_json_report(project, tiny_model):
+    path = write_claims(project, "tiny.toml", claim_file(tiny_model, WORD_MOVERS + MORE_CLAIMS))
+    report = project.path / "report.json"
+    result = run(project, "--claims", str(path), "--claims-json", str(report), "-v")
+    out = result.stdout.str()
+    assert f"circuit-claims: model {tiny_model}" not in out  # no --model: the file's own
+    result.stdout.fnmatch_lines(
+        [
+            "circuit-claims: model *, revision *, device cpu, dtype float32",
+            "circuit-claims: torch *, transformer-lens *, scipy *",
+            "*test_value_position.py::test_value_position?values?L1H0?-unfiltered? *",
+            "*test_word_movers.py::test_word_movers?word-movers?L1H0,L1H1?-heldout? *",
+            "*claim verdicts*",
+            "claim*variant*check*statistic*interval*threshold*p*corrected p*verdict*",
+        ]
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == 0  # random weights: nothing is CONFIRMED
+    assert outcomes["failed"] == 7
+    assert "a CONFIRMED verdict needed" in out or "could not be measured" in out
+    data = json.loads(report.read_text())
+    assert len(data["records"]) == 7
+    assert {r["variant"] for r in data["records"]} == {"heldout", "unfiltered"}
+    for record in data["records"]:
+        assert record["model"] == str(tiny_model)
+        assert record["verdict"] != "CONFIRMED"
+        for key in ("id", "kind", "revision", "statistic", "interval", "threshold", "p"):
+            assert key in record
+        assert "corrected_p" in record
+    assert data["environment"]["torch"]
+    assert data["environment"]["dtype"] == "float32"
+
+
+def test_model_loads_once_and_each_sweep_runs_once(project, tiny_model):
+    path = write_claims(project, "tiny.toml", claim_file(tiny_model, WORD_MOVERS + MORE_CLAIMS))
+    result = run(project, "--claims", str(path))
+    lines = result.stdout.lines
+    assert sum("[claims] loaded" in line for line in lines) == 1
+    assert sum("sweep clean_run" in line for line in lines) == 2  # one per variant
+    assert sum("sweep value_by_position" in line and "computed" in line for line in lines) <= 2
+    assert sum("sweep path_query" in line for line in lines) <= 2
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        (('kind = "word-movers"', 'kind = "wordmovers"'), "unknown kind"),
+        (('attends_to = "descriptor"', 'attends_to = "subject"'), "unknown role"),
+        ((", spearman = 0.3 }", " }"), "missing threshold"),
+        (('heads = ["L1H0", "L1H1"]', 'heads = ["L1H0", "L7H1"]'), "out of range"),
+        (("[[claims]]", "[[claims]"), "invalid TOML"),
+    ],
+)
+def test_malformed_claim_file_is_a_collection_error(project, tiny_model, broken, reason):
+    old, new = broken
+    text = claim_file(tiny_model)
+    assert old in text
+    path = write_claims(project, "broken.toml", text.replace(old, new))
+    result = run(project, "--claims", str(path))
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    out = result.stdout.str()
+    assert "broken.toml" in out
+    assert reason in out
+    if reason != "invalid TOML":
+        assert "claim 'word-movers'" in out
+
+
+def test_unavailable_model_skips_with_the_reason(project):
+    text = claim_file("EleutherAI/pythia-410m", revision="step143000")
+    path = write_claims(project, "pythia.toml", text)
+    result = run(project, "--claims", str(path), "-rs")
+    result.assert_outcomes(skipped=4)  # 2 cases + the 2 kinds with no claims
+    result.stdout.fnmatch_lines(["*SKIPPED*model unavailable*EleutherAI/pythia-410m*"])
+
+
+def test_default_runs_the_claim_files_of_the_model(project, tiny_model):
+    write_claims(project, "tiny.toml", claim_file(tiny_model))
+    write_claims(project, "pythia.toml", claim_file("EleutherAI/pythia-410m"))
+    result = run(project, "--model", str(tiny_model), "--collect-only", "-q")
+    assert _collected_cases(result) == [
+        "word-movers[L1H0,L1H1]-heldout",
+        "word-movers[L1H0,L1H1]-unfiltered",
+    ]
+    project.makeini(f"[pytest]\nclaims_model = {tiny_model}\n")
+    assert len(_collected_cases(run(project, "--collect-only", "-q"))) == 2
+    assert _collected_cases(run(project, "--collect-only", "-q", "--model", "other")) == []
+
+
+def _collected_cases(result: pytest.RunResult) -> list[str]:
+    """Ids of collected claim cases (empty parameter sets show as NOTSET)."""
+    ids = [line.split("[", 1)[1][:-1] for line in result.stdout.lines if "::test_" in line]
+    return [i for i in ids if i != "NOTSET"]
+
+
+def test_model_option_runs_a_files_claims_against_another_model(project, tiny_model):
+    path = write_claims(project, "other.toml", claim_file("bundled", revision="step999"))
+    report = project.path / "report.json"
+    run(project, "--claims", str(path), "--model", str(tiny_model), "--claims-json", str(report))
+    records = json.loads(report.read_text())["records"]
+    assert [(r["model"], r["revision"]) for r in records] == [(str(tiny_model), None)] * 2
+
+
+def _fake_word_movers(strength: float):
+    def evidence(claim, subject) -> list[Evidence]:
+        rows = np.random.default_rng(0).normal(strength, 0.1, size=(len(subject.dataset), 1))
+
+        def statistic(batch: np.ndarray) -> np.ndarray:
+            return batch[..., 0].mean(axis=1)
+
+        def null(rng: np.random.Generator, draws: int) -> np.ndarray:
+            return rng.normal(0.0, 0.05, size=draws)
+
+        return [Evidence("fake", rows, statistic, 0.5, Side.AT_LEAST, null, "fake null")]
+
+    return evidence
+
+
+@pytest.mark.parametrize(("strength", "outcome"), [(1.0, "passed"), (0.0, "failed")])
+def test_only_confirmed_passes(project, tiny_model, monkeypatch, strength, outcome):
+    kinds = dict(circuit.kinds.KINDS)
+    kinds["word-movers"] = _fake_word_movers(strength)
+    monkeypatch.setattr(circuit.kinds, "KINDS", kinds)
+    path = write_claims(project, "tiny.toml", claim_file(tiny_model))
+    result = run(project, "--claims", str(path))
+    result.assert_outcomes(**{outcome: 2}, skipped=2)  # no claims of the two other kinds
+    verdict = "CONFIRMED" if outcome == "passed" else "REFUTED"
+    assert result.stdout.str().count(verdict) >= 2
+
+
+def test_runs_are_deterministic_and_the_disk_cache_is_reused(project, tiny_model):
+    path = write_claims(project, "tiny.toml", claim_file(tiny_model, WORD_MOVERS + MORE_CLAIMS))
+    cache = project.path / "sweep-cache"
+    reports = []
+    for index in range(2):
+        report = project.path / f"report{index}.json"
+        result = run(
+            project,
+            "--claims",
+            str(path),
+            "--claims-json",
+            str(report),
+            "--claims-cache",
+            str(cache),
+        )
+        reports.append(json.loads(report.read_text())["records"])
+        computed = sum("computed in" in line for line in result.stdout.lines)
+        loaded = sum("loaded from cache" in line for line in result.stdout.lines)
+        first_run = index == 0
+        assert (computed > 0) == first_run  # the first run measures every sweep
+        assert (loaded > 0) != first_run  # the second reads every sweep back
+    assert reports[0] == reports[1]

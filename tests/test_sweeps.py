@@ -1,0 +1,73 @@
+"""The sweep store: each sweep computed once per run; the disk cache keyed by what determines it."""
+
+import torch
+
+from circuit.sweeps import SubjectKey, SweepStore, model_fingerprint, tensor_digest
+
+SUBJECT = SubjectKey("bundled", None, "float32", "cpu", "heldout", 42, 8)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        return {"x": torch.arange(6.0).reshape(2, 3) * self.calls}
+
+
+def test_each_sweep_is_computed_once_per_run():
+    lines: list[str] = []
+    store = SweepStore(progress=lines.append)
+    compute = Counter()
+    first = store.get(SUBJECT, "dla", None, compute)
+    again = store.get(SUBJECT, "dla", None, compute)
+    assert compute.calls == 1
+    assert again is first
+    store.get(SUBJECT, "path_query", "L1H0", compute)
+    store.get(SUBJECT, "path_query", "L1H1", compute)
+    assert compute.calls == 3
+    assert store.computed == {"dla": 1, "path_query": 2}
+    assert len(lines) == 3
+    assert "sweep dla on bundled@default/heldout" in lines[0]
+
+
+def test_other_subjects_do_not_share_results():
+    store = SweepStore()
+    compute = Counter()
+    store.get(SUBJECT, "dla", None, compute)
+    for other in (
+        SubjectKey("bundled", None, "float32", "cpu", "unfiltered", 42, 8),
+        SubjectKey("bundled", "step100", "float32", "cpu", "heldout", 42, 8),
+        SubjectKey("bundled", None, "float64", "cpu", "heldout", 42, 8),
+        SubjectKey("bundled", None, "float32", "cpu", "heldout", 43, 8),
+    ):
+        store.get(other, "dla", None, compute)
+    assert compute.calls == 5
+
+
+def test_disk_cache_round_trips_and_is_keyed_by_fingerprint(tmp_path):
+    compute = Counter()
+    first = SweepStore(cache_dir=tmp_path).get(SUBJECT, "dla", None, compute, "weights-a")
+    fresh = SweepStore(cache_dir=tmp_path)
+    loaded = fresh.get(SUBJECT, "dla", None, compute, "weights-a")
+    assert compute.calls == 1
+    assert fresh.loaded == {"dla": 1}
+    torch.testing.assert_close(loaded["x"], first["x"])
+    changed = SweepStore(cache_dir=tmp_path).get(SUBJECT, "dla", None, compute, "weights-b")
+    assert compute.calls == 2
+    assert not torch.equal(changed["x"], first["x"])
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_digests_see_every_byte():
+    a = torch.zeros(3)
+    b = torch.zeros(3)
+    b[2] = 1e-7
+    assert tensor_digest([a]) != tensor_digest([b])
+    assert tensor_digest([a]) != tensor_digest([a.double()])
+    model = torch.nn.Linear(2, 2)
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        model.bias[0] += 1
+    assert model_fingerprint(model) != before
