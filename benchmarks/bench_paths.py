@@ -1,0 +1,169 @@
+"""Path patching: the study's algorithm (``tests/references.py``) vs ``circuit.paths``.
+
+Run with ``pytest benchmarks/bench_paths.py --benchmark-only``. On ``random:pythia-70m``,
+the first 32 prompts of the ``unfiltered`` syllogism dataset (22 tokens; random tokens of length
+20 where the bundled tokenizer is missing), receivers in the last two layers, for q, k and v: the
+reference is timed once (``pedantic``, one round: it takes minutes), the fast routine over three
+rounds on the same data in the same run; results must agree to 1e-5. ``extra_info`` records
+bridge forward passes, peak resident-memory growth and the speed-up ratio.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from circuit.metrics import LogitDiffMetric
+from circuit.models import BUNDLED_DIR
+from circuit.paths import path_patch_detailed
+from circuit.syllogisms import build_dataset
+from tests.planted import random_pythia_70m
+from tests.references import study_path_patch
+
+N_PROMPTS, SEQ_LEN = 32, 20
+RECEIVERS = [(4, 3), (5, 1)]
+TOLERANCE = 1e-5
+_reference_runs: dict[str, dict[str, object]] = {}
+
+
+class PeakRss:
+    """Peak growth of this process's resident memory while the block runs (sampled)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss - self._start)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        self._start = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return self.peak / 2**20
+
+
+class ForwardCounter:
+    """Counts the bridge's full forward passes (calls of its token embedding)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.count = 0
+        self._handle = model.embed.register_forward_hook(self._hook)
+
+    def _hook(self, *args: object) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@pytest.fixture(scope="module")
+def pythia(tmp_path_factory) -> torch.nn.Module:
+    return random_pythia_70m(Path(tmp_path_factory.mktemp("pythia-70m")))
+
+
+@pytest.fixture(scope="module")
+def data(pythia):
+    """Syllogism prompts (descriptor and opposite swapped), or random ones swapping two tokens."""
+    if (BUNDLED_DIR / "config.json").is_file():
+        dataset = build_dataset(pythia, variant="unfiltered")
+        if len(dataset) >= N_PROMPTS:
+            answers = dataset.answers[:N_PROMPTS]
+            clean, corrupted = dataset.clean_tokens, dataset.corrupted_tokens
+            return clean[:N_PROMPTS], corrupted[:N_PROMPTS], LogitDiffMetric(answers)
+    generator = torch.Generator().manual_seed(0)
+    vocab = pythia.cfg.d_vocab
+    clean = torch.randint(0, vocab, (N_PROMPTS, SEQ_LEN), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, 4], corrupted[:, 11] = clean[:, 11], clean[:, 4]
+    answers = torch.stack([clean[:, 4], clean[:, 11]], dim=1)
+    return clean, corrupted, LogitDiffMetric(answers)
+
+
+def _measure(model: torch.nn.Module, run: Callable[[], object]) -> dict[str, object]:
+    counter = ForwardCounter(model)
+    try:
+        with PeakRss() as memory:
+            start = time.perf_counter()
+            value = run()
+            seconds = time.perf_counter() - start
+    finally:
+        counter.close()
+    return {"value": value, "seconds": seconds, "forwards": counter.count, "peak_mib": memory.mib}
+
+
+def _reference(pythia, data, receiver_input: str) -> dict[str, object]:
+    if receiver_input not in _reference_runs:
+        clean, corrupted, metric = data
+        _reference_runs[receiver_input] = _measure(
+            pythia,
+            lambda: study_path_patch(pythia, clean, corrupted, metric, RECEIVERS, receiver_input),
+        )
+    return _reference_runs[receiver_input]
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_study_reference(benchmark, pythia, data, receiver_input):
+    torch.set_grad_enabled(False)
+    measured = benchmark.pedantic(
+        _reference, args=(pythia, data, receiver_input), rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(
+        forwards=measured["forwards"],
+        peak_rss_growth_mib=round(measured["peak_mib"], 1),
+        senders=RECEIVERS[-1][0] * pythia.cfg.n_heads,
+    )
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_fast_path_patch(benchmark, pythia, data, receiver_input):
+    torch.set_grad_enabled(False)
+    clean, corrupted, metric = data
+    reference = _reference(pythia, data, receiver_input)
+
+    def fast():
+        return _measure(
+            pythia,
+            lambda: path_patch_detailed(
+                pythia, clean, corrupted, metric, RECEIVERS, receiver_input
+            ),
+        )
+
+    measured = benchmark.pedantic(fast, rounds=3, iterations=1, warmup_rounds=0)
+    result = measured["value"]
+    expected = reference["value"]
+    assert torch.equal(result.values.isnan(), expected.isnan())
+    torch.testing.assert_close(
+        result.values.nan_to_num(), expected.nan_to_num(), atol=TOLERANCE, rtol=0.0
+    )
+    fast_seconds = benchmark.stats.stats.min
+    ratio = reference["seconds"] / fast_seconds
+    benchmark.extra_info.update(
+        prompts=list(clean.shape),
+        reference_seconds=round(reference["seconds"], 3),
+        fast_seconds_min=round(fast_seconds, 3),
+        ratio=round(ratio, 1),
+        reference_forwards=reference["forwards"],
+        fast_bridge_forwards=measured["forwards"],
+        fast_sender_chunks=result.evidence.sender_chunks,
+        reference_peak_rss_growth_mib=round(reference["peak_mib"], 1),
+        fast_peak_rss_growth_mib=round(measured["peak_mib"], 1),
+        max_abs_difference=float((result.values - expected).nan_to_num().abs().max()),
+    )
+    assert ratio >= 1.0

@@ -1,0 +1,305 @@
+"""circuit.paths: equal to the study's path patching and to transformer_lens's direct paths."""
+
+import pytest
+import torch
+
+from circuit.guards import PatchingError
+from circuit.metrics import LogitDiffMetric, normalised_metric
+from circuit.paths import (
+    PatchNotAppliedError,
+    PathPatchError,
+    compare_path_modes,
+    path_patch,
+    path_patch_detailed,
+)
+from tests.planted import random_neox, random_pythia_70m
+from tests.references import direct_path_patch, study_path_patch, tl_direct_path_patch
+
+TOLERANCE = 1e-5
+
+
+def assert_equal_with_nans(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape
+    assert torch.equal(actual.isnan(), expected.isnan())
+    torch.testing.assert_close(actual.nan_to_num(), expected.nan_to_num(), atol=TOLERANCE, rtol=0.0)
+
+
+def make_task(vocab: int, n: int, seq: int, seed: int):
+    """Random prompts; the corrupted ones differ at two positions; random answer pairs."""
+    generator = torch.Generator().manual_seed(seed)
+    clean = torch.randint(1, vocab, (n, seq), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(1, vocab, (n,), generator=generator)
+    corrupted[:, seq - 3] = torch.randint(1, vocab, (n,), generator=generator)
+    answers = torch.randint(1, vocab, (n, 2), generator=generator)
+    return clean, corrupted, LogitDiffMetric(answers)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """3 layers x 4 heads, randomised LayerNorms (folding exercised), weights large enough
+    (std 0.2) that path effects are ~0.1, far above the 1e-5 tolerance."""
+    return random_neox(
+        tmp_path_factory.mktemp("tiny"), seed=1, vocab_size=300, initializer_range=0.2
+    )
+
+
+@pytest.fixture(scope="module")
+def task(tiny):
+    return make_task(tiny.cfg.d_vocab, n=3, seq=8, seed=2)
+
+
+RECEIVER_SETS = [[(2, 1)], [(1, 0), (2, 3)], [(2, 0), (2, 2)]]
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+@pytest.mark.parametrize("receivers", RECEIVER_SETS, ids=str)
+def test_freeze_equals_study_algorithm(tiny, task, receivers, receiver_input):
+    clean, corrupted, metric = task
+    expected = study_path_patch(tiny, clean, corrupted, metric, receivers, receiver_input)
+    actual = path_patch(tiny, clean, corrupted, metric, receivers, receiver_input)
+    assert_equal_with_nans(actual, expected)
+    assert actual[: max(layer for layer, _ in receivers)].isfinite().all()
+
+
+@pytest.mark.parametrize(
+    "receiver_input",
+    ["q", pytest.param("k", marks=pytest.mark.slow), pytest.param("v", marks=pytest.mark.slow)],
+)
+def test_direct_equals_transformer_lens(tiny, task, receiver_input):
+    clean, corrupted, metric = task
+    expected = tl_direct_path_patch(tiny, clean, corrupted, metric, (2, 1), receiver_input)
+    actual = path_patch(tiny, clean, corrupted, metric, [(2, 1)], receiver_input, mode="direct")
+    assert_equal_with_nans(actual, expected)
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_direct_with_several_receivers_equals_reference(tiny, task, receiver_input):
+    clean, corrupted, metric = task
+    receivers = [(1, 0), (2, 3)]
+    expected = direct_path_patch(tiny, clean, corrupted, metric, receivers, receiver_input)
+    actual = path_patch(tiny, clean, corrupted, metric, receivers, receiver_input, mode="direct")
+    assert_equal_with_nans(actual, expected)
+
+
+@pytest.mark.parametrize("mode", ["freeze", "direct"])
+def test_per_prompt_values_and_their_mean(tiny, task, mode):
+    clean, corrupted, metric = task
+    receivers = [(1, 0), (2, 3)]
+    reference = study_path_patch if mode == "freeze" else direct_path_patch
+    expected = reference(
+        tiny, clean, corrupted, metric.with_per_prompt(True), receivers, "k", per_prompt=True
+    )
+    actual = path_patch(tiny, clean, corrupted, metric, receivers, "k", mode, per_prompt=True)
+    assert actual.shape == (clean.shape[0], 3, 4)
+    assert_equal_with_nans(actual, expected)
+    mean = path_patch(tiny, clean, corrupted, metric, receivers, "k", mode)
+    assert_equal_with_nans(actual.mean(dim=0), mean)
+
+
+def test_normalised_metric_and_generic_callable(tiny, task):
+    clean, corrupted, metric = task
+    normalised = normalised_metric(tiny(clean), tiny(corrupted), metric.answers)
+    expected = study_path_patch(tiny, clean, corrupted, normalised, [(2, 1)], "q")
+    assert_equal_with_nans(path_patch(tiny, clean, corrupted, normalised, [(2, 1)], "q"), expected)
+
+    def reads_an_earlier_position(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, 3, 7] - logits[:, -1, 5]).mean()
+
+    expected = study_path_patch(tiny, clean, corrupted, reads_an_earlier_position, [(2, 1)], "v")
+    actual = path_patch(tiny, clean, corrupted, reads_an_earlier_position, [(2, 1)], "v")
+    assert_equal_with_nans(actual, expected)
+
+
+def test_chunking_does_not_change_results(tiny, task):
+    clean, corrupted, metric = task
+    whole = path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "v")
+    one_sender_per_chunk = path_patch_detailed(
+        tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "v", chunk_bytes=1
+    )
+    assert one_sender_per_chunk.evidence.sender_chunks == 2 * 4 + 1
+    assert_equal_with_nans(one_sender_per_chunk.values, whole)
+
+
+def test_sender_in_a_receiver_layer_reaches_only_later_receivers(tiny, task):
+    """Documented semantics: sender (1, h) cannot reach receiver (1, 0), only (2, 3)."""
+    clean, corrupted, metric = task
+    both = path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "q")
+    later_only = path_patch(tiny, clean, corrupted, metric, [(2, 3)], "q")
+    torch.testing.assert_close(both[1], later_only[1], atol=TOLERANCE, rtol=0.0)
+    assert not torch.allclose(both[0], later_only[0], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("mode", ["freeze", "direct"])
+def test_evidence_proves_the_patch(tiny, task, mode):
+    clean, corrupted, metric = task
+    result = path_patch_detailed(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "k", mode)
+    evidence = result.evidence
+    assert evidence.outside_change == 0.0
+    assert evidence.reproduction_error < TOLERANCE
+    assert evidence.model_forwards == (4 if mode == "freeze" else 3)
+    assert evidence.verified_sender is not None
+    assert evidence.verification_error < TOLERANCE
+    assert evidence.receiver_change[2:].isnan().all()
+    assert (evidence.receiver_change[:2] > 0).all()
+    base_tokens = clean if mode == "freeze" else corrupted
+    torch.testing.assert_close(evidence.base_value, metric(tiny(base_tokens)), atol=1e-5, rtol=0)
+
+
+def test_verification_with_a_generic_metric_uses_every_prompt(tiny, task):
+    clean, corrupted, metric = task
+
+    def mean_logit_diff(logits: torch.Tensor) -> torch.Tensor:
+        return metric(logits)
+
+    result = path_patch_detailed(tiny, clean, corrupted, mean_logit_diff, [(2, 1)], "v")
+    assert result.evidence.verification_error < TOLERANCE
+    unverified = path_patch_detailed(
+        tiny, clean, corrupted, mean_logit_diff, [(2, 1)], "v", verify=False
+    )
+    assert unverified.evidence.verified_sender is None
+    assert unverified.evidence.model_forwards == 2
+
+
+def test_a_fast_path_that_drifts_from_the_model_is_caught(tiny, task, monkeypatch):
+    """A wrong MLP in the functional forward: the unpatched row no longer reproduces."""
+    import circuit.paths as paths
+
+    def wrong_mlp(x, weights, layer):
+        return torch.zeros_like(x)
+
+    clean, corrupted, metric = task
+    monkeypatch.setattr(paths, "_mlp", wrong_mlp)
+    with pytest.raises(PatchNotAppliedError, match="does not reproduce the model"):
+        path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "q")
+
+
+@pytest.mark.parametrize("mode", ["freeze", "direct"])
+def test_a_patch_that_is_silently_dropped_is_caught(tiny, task, monkeypatch, mode):
+    """Receivers fed their unpatched inputs: the hooked re-run of one sender disagrees."""
+    import circuit.paths as paths
+
+    original = paths._splice
+
+    def drop_patch(computed, patched, heads):
+        return original(computed, computed[..., heads, :].expand_as(patched), heads)
+
+    clean, corrupted, metric = task
+    monkeypatch.setattr(paths, "_splice", drop_patch)
+    with pytest.raises(PatchNotAppliedError, match="hooked run gives a metric"):
+        path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "k", mode)
+
+
+def test_compare_modes(tiny, task):
+    clean, corrupted, metric = task
+    comparison = compare_path_modes(tiny, clean, corrupted, metric, [(2, 1)], "k")
+    freeze = path_patch(tiny, clean, corrupted, metric, [(2, 1)], "k")
+    direct = path_patch(tiny, clean, corrupted, metric, [(2, 1)], "k", mode="direct")
+    assert_equal_with_nans(comparison.freeze, freeze)
+    assert_equal_with_nans(comparison.direct, direct)
+    assert_equal_with_nans(comparison.freeze_effect, metric(tiny(clean)) - freeze)
+    assert_equal_with_nans(comparison.direct_effect, direct - metric(tiny(corrupted)))
+    assert_equal_with_nans(
+        comparison.difference, comparison.freeze_effect - comparison.direct_effect
+    )
+
+
+@pytest.mark.parametrize(
+    ("receivers", "receiver_input", "message"),
+    [
+        ([], "q", "receivers is empty"),
+        ([(3, 0)], "q", "out of range"),
+        ([(1, 4)], "q", "out of range"),
+        ([(-1, 0)], "q", "out of range"),
+        ([(0, 1), (0, 2)], "q", "layer 0: no sender"),
+        ([(2, 1)], "z", "receiver_input must be one of"),
+        ([(2, 1)], "pattern", "receiver_input must be one of"),
+        ([5], "q", "not a \\(layer, head\\) pair"),
+        ([(2, 1), (2, 1)], "q", "repeated"),
+    ],
+)
+def test_bad_receivers_raise_one_line_errors(tiny, task, receivers, receiver_input, message):
+    clean, corrupted, metric = task
+    with pytest.raises(PatchingError, match=message) as error:
+        path_patch(tiny, clean, corrupted, metric, receivers, receiver_input)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_inputs_raise_one_line_errors(tiny, task):
+    clean, corrupted, metric = task
+    with pytest.raises(PatchingError, match="differ in shape"):
+        path_patch(tiny, clean, corrupted[:, :-1], metric, [(2, 1)], "q")
+    with pytest.raises(PatchingError, match="2-D"):
+        path_patch(tiny, clean[0], corrupted[0], metric, [(2, 1)], "q")
+    with pytest.raises(PathPatchError, match="mode must be one of"):
+        path_patch(tiny, clean, corrupted, metric, [(2, 1)], "q", mode="edge")
+    with pytest.raises(PathPatchError, match="answers for 2 prompts"):
+        path_patch(tiny, clean, corrupted, LogitDiffMetric(metric.answers[:2]), [(2, 1)], "q")
+
+
+def test_metric_of_the_wrong_shape_is_refused(tiny, task):
+    clean, corrupted, _ = task
+
+    def per_prompt_metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, -1, 0]
+
+    def scalar_metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, -1, 0].mean()
+
+    with pytest.raises(PatchingError, match="expected a scalar"):
+        path_patch(tiny, clean, corrupted, per_prompt_metric, [(2, 1)], "q")
+    with pytest.raises(PatchingError, match="expected a \\[n\\]"):
+        path_patch(tiny, clean, corrupted, scalar_metric, [(2, 1)], "q", per_prompt=True)
+
+
+def test_a_patch_that_changes_nothing_is_refused(tiny, task):
+    clean, _, metric = task
+    with pytest.raises(PatchNotAppliedError, match="no sender changed"):
+        path_patch(tiny, clean, clean.clone(), metric, [(2, 1)], "k")
+
+
+@pytest.fixture(scope="module")
+def pythia(tmp_path_factory):
+    return random_pythia_70m(tmp_path_factory.mktemp("pythia-70m"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_equals_study_algorithm_on_random_pythia_70m(pythia, receiver_input):
+    clean, corrupted, metric = make_task(50000, n=2, seq=6, seed=3)
+    receivers = [(1, 3), (2, 5)]
+    expected = study_path_patch(pythia, clean, corrupted, metric, receivers, receiver_input)
+    actual = path_patch(pythia, clean, corrupted, metric, receivers, receiver_input)
+    assert_equal_with_nans(actual, expected)
+
+
+@pytest.mark.slow
+def test_direct_equals_reference_on_random_pythia_70m(pythia):
+    clean, corrupted, metric = make_task(50000, n=2, seq=6, seed=4)
+    receivers = [(1, 3), (2, 5)]
+    expected = direct_path_patch(pythia, clean, corrupted, metric, receivers, "k")
+    actual = path_patch(pythia, clean, corrupted, metric, receivers, "k", mode="direct")
+    assert_equal_with_nans(actual, expected)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from circuit.models import ModelUnavailableError, load_model
+
+    try:
+        return load_model("bundled", device="cpu")
+    except ModelUnavailableError as error:
+        pytest.skip(f"bundled model not built: {error}")
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_equals_study_algorithm_on_bundled_model(bundled, receiver_input):
+    n_layers = bundled.cfg.n_layers
+    clean, corrupted, metric = make_task(bundled.cfg.d_vocab, n=4, seq=10, seed=5)
+    receivers = [(n_layers - 1, 0), (n_layers - 2, 1)]
+    expected = study_path_patch(bundled, clean, corrupted, metric, receivers, receiver_input)
+    actual = path_patch(bundled, clean, corrupted, metric, receivers, receiver_input)
+    assert_equal_with_nans(actual, expected)
+    direct = direct_path_patch(bundled, clean, corrupted, metric, receivers, receiver_input)
+    actual = path_patch(bundled, clean, corrupted, metric, receivers, receiver_input, "direct")
+    assert_equal_with_nans(actual, direct)
