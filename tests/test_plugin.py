@@ -136,7 +136,7 @@ def test_model_loads_once_and_each_sweep_runs_once(project, tiny_model):
     [
         (('kind = "word-movers"', 'kind = "wordmovers"'), "unknown kind"),
         (('attends_to = "descriptor"', 'attends_to = "subject"'), "unknown role"),
-        ((", spearman = 0.3 }", " }"), "missing threshold"),
+        (("{ share = 0.5, top_k = 2,", "{ top_k = 2,"), "missing threshold"),
         (('heads = ["L1H0", "L1H1"]', 'heads = ["L1H0", "L7H1"]'), "out of range"),
         (("[[claims]]", "[[claims]"), "invalid TOML"),
     ],

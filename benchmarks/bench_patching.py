@@ -1,0 +1,211 @@
+"""Activation patching: ``transformer_lens.patching`` vs ``circuit.patching``, same data, same run.
+
+Run with ``pytest benchmarks/bench_patching.py --benchmark-only``. Model: ``random:pythia-70m``.
+Data: the ``unfiltered`` syllogism dataset (32 pairs) when the bundled tokenizer is available,
+else 32 random prompts of 20 tokens whose corrupted copies swap two tokens (as descriptor and
+opposite). By-position sweeps use 32 random prompts of 8 tokens (the reference takes one full
+forward per layer x position x head: 384 forwards of the whole vocabulary's unembedding).
+
+Each case is measured twice: ``reference`` (one round, ``pedantic``) then ``fast`` (three
+rounds); the fast entry asserts equality with the reference within 1e-5 in logit-difference
+units (1e-5 times the larger of the values' scale and 1 / (clean - corrupted gap) for the
+normalised metric) and records in
+``extra_info``: both times (the fast one the mean of its rounds), their ratio, the bridge's
+forward passes of each (embedding calls: the reference's per-cell runs; the fast routine's
+verification run), the fast routine's functional forwards and batch rows, and each side's peak
+resident-memory growth.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+import pytest
+import torch
+from transformer_lens import patching as tl
+
+from circuit.metrics import normalised_metric
+from circuit.models import ModelUnavailableError, load_model
+from circuit.patching import SweepStats, patch_heads
+
+N_PROMPTS, SEQ_LEN, BY_POS_SEQ_LEN = 32, 20, 8
+TOLERANCE = 1e-5
+COMPONENTS = ("z", "q", "k", "v", "pattern")
+REFERENCES: dict[tuple[str, bool], Callable] = {
+    ("z", False): tl.get_act_patch_attn_head_out_all_pos,
+    ("q", False): tl.get_act_patch_attn_head_q_all_pos,
+    ("k", False): tl.get_act_patch_attn_head_k_all_pos,
+    ("v", False): tl.get_act_patch_attn_head_v_all_pos,
+    ("pattern", False): tl.get_act_patch_attn_head_pattern_all_pos,
+    ("z", True): tl.get_act_patch_attn_head_out_by_pos,
+    ("q", True): tl.get_act_patch_attn_head_q_by_pos,
+    ("k", True): tl.get_act_patch_attn_head_k_by_pos,
+    ("v", True): tl.get_act_patch_attn_head_v_by_pos,
+    ("pattern", True): tl.get_act_patch_attn_head_pattern_by_pos,
+}
+_reference_runs: dict[tuple[str, bool], dict[str, object]] = {}
+
+
+class PeakRss:
+    """Peak growth of this process's resident memory while the block runs (sampled)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss - self._start)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        self._start = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+class ForwardCounter:
+    """Counts the bridge's full forward passes (calls of its token embedding)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.count = 0
+        self._handle = model.embed.register_forward_hook(self._hook)
+
+    def _hook(self, *args: object) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _random_pairs(model, n: int, seq: int, swap: tuple[int, int], seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, 1000, (n, seq), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, swap[0]], corrupted[:, swap[1]] = clean[:, swap[1]], clean[:, swap[0]]
+    with torch.inference_mode():
+        shift = model(clean)[:, -1] - model(corrupted)[:, -1]
+    answers = torch.stack([shift.argmax(-1), shift.argmin(-1)], dim=-1)
+    return clean, corrupted, answers
+
+
+@pytest.fixture(scope="module")
+def pythia():
+    try:
+        return load_model("random:pythia-70m", device="cpu")
+    except ModelUnavailableError:
+        from tests.test_forward import pythia_70m
+
+        return pythia_70m()
+
+
+@pytest.fixture(scope="module")
+def data(pythia):
+    """``(clean, corrupted, metric, clean_cache)`` per sweep kind (all_pos, by_pos)."""
+    all_pos = None
+    try:
+        from circuit.syllogisms import build_dataset
+
+        dataset = build_dataset(pythia, variant="unfiltered", n_pairs=N_PROMPTS // 2)
+        if len(dataset) >= N_PROMPTS:
+            all_pos = (
+                dataset.clean_tokens[:N_PROMPTS],
+                dataset.corrupted_tokens[:N_PROMPTS],
+                dataset.answers[:N_PROMPTS],
+            )
+    except (ImportError, ModelUnavailableError, ValueError):
+        all_pos = None
+    if all_pos is None:
+        all_pos = _random_pairs(pythia, N_PROMPTS, SEQ_LEN, (4, 9))
+    by_pos = _random_pairs(pythia, N_PROMPTS, BY_POS_SEQ_LEN, (2, 5), seed=1)
+    prepared = {}
+    for kind, (clean, corrupted, answers) in (("all_pos", all_pos), ("by_pos", by_pos)):
+        with torch.inference_mode():
+            clean_logits, clean_cache = pythia.run_with_cache(clean)
+            corrupted_logits = pythia(corrupted)
+        metric = normalised_metric(clean_logits, corrupted_logits, answers)
+        prepared[kind] = (clean, corrupted, metric, clean_cache)
+    return prepared
+
+
+CASES = [(c, b) for b in (False, True) for c in COMPONENTS]
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+@pytest.mark.parametrize(
+    ("component", "by_position"),
+    CASES,
+    ids=[f"{c}-{'by_pos' if b else 'all_pos'}" for c, b in CASES],
+)
+def test_patch_heads(benchmark, pythia, data, component, by_position, impl):
+    torch.set_grad_enabled(False)
+    clean, corrupted, metric, clean_cache = data["by_pos" if by_position else "all_pos"]
+    key = (component, by_position)
+    benchmark.group = f"patch_heads {component} {'by_pos' if by_position else 'all_pos'}"
+    benchmark.extra_info.update(
+        {"n_prompts": int(clean.shape[0]), "seq_len": int(clean.shape[1]), "impl": impl}
+    )
+
+    def reference():
+        counter = ForwardCounter(pythia)
+        start = time.perf_counter()
+        with PeakRss() as rss:
+            values = REFERENCES[key](pythia, corrupted, clean_cache, metric)
+        seconds = time.perf_counter() - start
+        counter.close()
+        run = {
+            "values": values,
+            "seconds": seconds,
+            "forwards": counter.count,
+            "peak_rss_mib": rss.mib,
+        }
+        _reference_runs[key] = run
+        return run
+
+    if impl == "reference":
+        run = benchmark.pedantic(reference, rounds=1, iterations=1)
+        benchmark.extra_info.update(
+            {"bridge_forwards": run["forwards"], "peak_rss_mib": run["peak_rss_mib"]}
+        )
+        return
+    ref = _reference_runs.get(key) or reference()
+    stats = SweepStats()
+    counter = ForwardCounter(pythia)
+
+    def fast():
+        return patch_heads(pythia, clean, corrupted, metric, component, by_position, stats=stats)
+
+    with PeakRss() as rss:
+        values = benchmark.pedantic(fast, rounds=3, iterations=1, warmup_rounds=0)
+    counter.close()
+    fast_seconds = benchmark.stats.stats.mean
+    benchmark.extra_info.update(
+        {
+            "reference_seconds": round(ref["seconds"], 3),
+            "fast_seconds": round(fast_seconds, 4),
+            "speedup": round(ref["seconds"] / fast_seconds, 1),
+            "reference_bridge_forwards": ref["forwards"],
+            "fast_bridge_forwards_per_call": counter.count // 3,
+            "fast_functional_forwards_per_call": stats.forwards // 3,
+            "fast_batch_rows_per_call": stats.rows // 3,
+            "reference_peak_rss_mib": ref["peak_rss_mib"],
+            "fast_peak_rss_mib": rss.mib,
+            "max_abs_difference": float((values - ref["values"]).abs().max()),
+        }
+    )
+    # normalised values divide float32 logit noise by the clean-corrupted gap
+    gap = abs(metric.clean_baseline - metric.corrupted_baseline)
+    scale = max(1.0, float(ref["values"].abs().max()), 1.0 / gap)
+    torch.testing.assert_close(values, ref["values"], rtol=0, atol=TOLERANCE * scale)

@@ -1,0 +1,464 @@
+"""Activation patching, equal to ``transformer_lens.patching`` and much faster.
+
+Semantics, shapes and orientation follow ``transformer_lens.patching``: run the *corrupted*
+prompts, patch in the *clean* activation at one site, report the metric of the patched logits.
+
+=========================  ==============================================  =====================
+call                       reference                                       result shape
+=========================  ==============================================  =====================
+``patch_heads(.., "z")``   ``get_act_patch_attn_head_out_all_pos``         ``[layer, head]``
+``.., "q"/"k"/"v"``        ``get_act_patch_attn_head_{q,k,v}_all_pos``     ``[layer, head]``
+``.., "pattern"``          ``get_act_patch_attn_head_pattern_all_pos``     ``[layer, head]``
+``by_position=True``       ``get_act_patch_attn_head_{out,q,k,v}_by_pos``  ``[layer, pos, head]``
+``"pattern"``, by position ``get_act_patch_attn_head_pattern_by_pos``      ``[layer, head, pos]``
+``patch_resid``            ``get_act_patch_resid_pre``                     ``[layer, pos]``
+=========================  ==============================================  =====================
+
+(the library's pattern-by-position sweep is indexed ``(layer, head_index, dest_pos)``, so its
+result is ``[layer, head, pos]``; we keep that orientation.) ``per_prompt=True`` adds a leading
+``[n]`` dim of per-prompt values (the library's ``reduce="none"``, moved to the front).
+
+``metric`` is a :class:`circuit.metrics.LogitDiffMetric` (the fast path: only the final
+position's two answer logits are computed, and the metric is applied to all cells at once) or any
+callable from logits ``[n, seq, vocab]`` to a scalar (``[n]`` when ``per_prompt``), which gets
+full logits, one call per cell.
+
+Speed (DESIGN section 8): the patched cells of one layer (and one position) run as one batched
+forward of :mod:`circuit.forward` (``rows = heads x prompts``, chunked by ``memory_budget``),
+starting from the corrupted run's residual stream at the patched layer; by-position patches
+recompute only positions ``>= pos`` (earlier keys and values come from the corrupted run); the
+last layer computes only the final position; head-output (``z``) patches of a parallel-attention
+model skip the patched layer (its MLP reads the unchanged ``resid_pre``) and add the head's
+output difference to the residual stream directly. Nothing synchronises per cell.
+
+Proof (DESIGN section 6): with ``verify=True`` (default) the cell with the largest effect is
+re-run through the model's own hooks and :func:`circuit.guards.verify_cell` proves the hook fired,
+changed exactly the intended site, and gives the value the fast routine reported.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+
+from circuit import guards
+from circuit.forward import (
+    DEFAULT_MEMORY_BUDGET,
+    Edit,
+    ForwardOutput,
+    ForwardWeights,
+    RunCache,
+    answer_logits,
+    forward,
+    logits_of,
+    plan_for,
+    run,
+    weights_of,
+)
+from circuit.guards import Cell, PatchingError
+from circuit.metrics import LogitDiffMetric
+
+Metric = LogitDiffMetric | Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SweepStats:
+    """Work a sweep did: functional forwards, batch rows and rows x layers x positions run."""
+
+    forwards: int = 0
+    rows: int = 0
+    row_layer_positions: int = 0
+
+    def count(self, rows: int, layers: int, positions: int) -> None:
+        self.forwards += 1
+        self.rows += rows
+        self.row_layer_positions += rows * layers * positions
+
+
+class _Evaluator:
+    """Turns chunks of patched forwards into metric values ``[variants, n]`` or ``[variants]``."""
+
+    def __init__(self, w: ForwardWeights, metric: Metric, per_prompt: bool, base: RunCache) -> None:
+        self.n = int(base.tokens.shape[0])
+        self.per_prompt = per_prompt
+        self.fast = isinstance(metric, LogitDiffMetric)
+        if self.fast:
+            if metric.answers.shape[0] != self.n:
+                raise PatchingError(
+                    f"the metric's answers are for {metric.answers.shape[0]} prompts, the tokens "
+                    f"hold {self.n}"
+                )
+            self.metric = metric.with_per_prompt(per_prompt)
+            self.answers = metric.answers.to(w.device)
+        elif callable(metric):
+            self.metric = metric
+            self.answers = None
+            self.base_logits = logits_of(w, base)
+        else:
+            raise PatchingError(f"metric must be callable, got {type(metric).__name__}")
+
+    def forward_kwargs(self) -> dict:
+        if self.fast:
+            return {"answers": self.answers, "final_only": True}
+        return {"full_logits": True}
+
+    def values(self, out: ForwardOutput, start_pos: int) -> torch.Tensor:
+        """Metric values of ``out`` (rows ``variants x n``)."""
+        if self.fast:
+            return self.from_answer_logits(out.answer_logits)
+        logits = out.logits.view(-1, self.n, *out.logits.shape[1:])
+        if start_pos > 0:
+            prefix = self.base_logits[:, :start_pos].to(logits.dtype)
+            prefix = prefix.expand(logits.shape[0], *prefix.shape)
+            logits = torch.cat([prefix, logits], dim=2)
+        return torch.stack([self.call(variant) for variant in logits])
+
+    def from_answer_logits(self, logits: Float[torch.Tensor, "rows 2"]) -> torch.Tensor:
+        return self.metric.from_answer_logits(logits.view(-1, self.n, 2))
+
+    def call(self, logits: Float[torch.Tensor, "n seq vocab"]) -> torch.Tensor:
+        return guards.check_metric_output(self.metric(logits), self.per_prompt, self.n)
+
+    def bridge_value(self, logits: Float[torch.Tensor, "n seq vocab"]) -> torch.Tensor:
+        """The metric of the hooked model's full logits (for the guards)."""
+        return self.metric(logits) if self.fast else self.call(logits)
+
+    def unpatched(self, w: ForwardWeights, base: RunCache) -> torch.Tensor:
+        """The metric of the unpatched base run, ``[1, n]`` or ``[1]``."""
+        if self.fast:
+            return self.from_answer_logits(answer_logits(w, base.resid_final[:, -1], self.answers))
+        return self.call(logits_of(w, base))[None]
+
+
+def _head_edit(
+    component: str,
+    layer: int,
+    heads: Int[torch.Tensor, " variants"],
+    pos: int | None,
+    clean: RunCache,
+    n: int,
+) -> Edit:
+    """One edit patching, in variant ``v``, head ``heads[v]`` (at ``pos`` or everywhere)."""
+    value = clean.activation(component, layer)
+    n_heads = value.shape[1] if component == "pattern" else value.shape[2]
+    one_hot = torch.nn.functional.one_hot(heads, n_heads).bool().repeat_interleave(n, dim=0)
+    seq = value.shape[2] if component == "pattern" else value.shape[1]
+    if component == "pattern":
+        mask = one_hot[:, :, None, None].expand(-1, -1, seq, 1).clone()
+        if pos is not None:
+            mask[:, :, torch.arange(seq) != pos] = False
+    else:
+        mask = one_hot[:, None, :, None].expand(-1, seq, -1, 1).clone()
+        if pos is not None:
+            mask[:, torch.arange(seq) != pos] = False
+    return Edit(layer, component, value, mask.to(value.device))
+
+
+def _sweep_layer(
+    w: ForwardWeights,
+    component: str,
+    layer: int,
+    pos: int | None,
+    clean: RunCache,
+    base: RunCache,
+    evaluator: _Evaluator,
+    chunk: int,
+    stats: SweepStats,
+) -> torch.Tensor:
+    """Values of patching every head at ``layer`` (and ``pos``): ``[head, n]`` or ``[head]``.
+
+    ``chunk`` heads (variants) run per forward.
+    """
+    n, seq = base.tokens.shape
+    start_pos = 0 if pos is None else pos
+    parts = []
+    for first in range(0, w.n_heads, chunk):
+        heads = torch.arange(first, min(first + chunk, w.n_heads), device=w.device)
+        rows = len(heads) * n
+        if component == "z" and w.parallel and evaluator.fast:
+            out = _z_shortcut(w, layer, heads, pos, clean, base, evaluator)
+            layers = w.n_layers - layer - 1
+        else:
+            resid = base.resid_pre[layer][:, start_pos:]
+            edit = _head_edit(component, layer, heads, pos, clean, n)
+            out = forward(
+                w,
+                resid,
+                start_layer=layer,
+                start_pos=start_pos,
+                prefix=base,
+                edits=[edit],
+                **evaluator.forward_kwargs(),
+            )
+            layers = w.n_layers - layer
+        stats.count(rows, layers, seq - start_pos)
+        parts.append(evaluator.values(out, start_pos))
+    return torch.cat(parts)
+
+
+def _z_shortcut(
+    w: ForwardWeights,
+    layer: int,
+    heads: Int[torch.Tensor, " variants"],
+    pos: int | None,
+    clean: RunCache,
+    base: RunCache,
+    evaluator: _Evaluator,
+) -> ForwardOutput:
+    """Patch head outputs by adding ``(z_clean - z_corrupted) @ W_O`` to ``resid_post``.
+
+    In a parallel block the MLP reads ``resid_pre``, which a head patch does not change, so the
+    patched layer's output differs from the corrupted run's by the head's output difference only.
+    ``pos`` patches that one position (by-position sweep); ``None`` patches every position.
+    """
+    n = base.tokens.shape[0]
+    start_pos = 0 if pos is None else pos
+    z_diff = (clean.z[layer] - base.z[layer])[:, :, heads]
+    delta = torch.einsum("nphe,hed->hnpd", z_diff, w.W_O[layer][heads])
+    if pos is not None:
+        delta = delta[:, :, pos : pos + 1]
+        resid = base.resid_post(layer)[None, :, pos:].repeat(len(heads), 1, 1, 1)
+        resid[:, :, :1] += delta
+    else:
+        resid = base.resid_post(layer)[None] + delta
+    resid = resid.reshape(len(heads) * n, *resid.shape[2:])
+    if layer == w.n_layers - 1:
+        return ForwardOutput(
+            resid=resid, answer_logits=answer_logits(w, resid[:, -1], evaluator.answers)
+        )
+    return forward(
+        w,
+        resid,
+        start_layer=layer + 1,
+        start_pos=start_pos,
+        prefix=base,
+        **evaluator.forward_kwargs(),
+    )
+
+
+def _sweep(
+    model: torch.nn.Module,
+    clean_tokens: torch.Tensor,
+    corrupted_tokens: torch.Tensor,
+    metric: Metric,
+    per_prompt: bool,
+    n_variants: int,
+    keep_clean: set[str],
+    keep_base: set[str],
+    memory_budget: int,
+    body: Callable[[ForwardWeights, RunCache, RunCache, _Evaluator, int], torch.Tensor],
+    verify: Callable[[ForwardWeights, RunCache, RunCache, _Evaluator, torch.Tensor], None] | None,
+) -> torch.Tensor:
+    """Run ``body(w, clean, base, evaluator, variants_per_forward)`` over prompt chunks.
+
+    With a :class:`LogitDiffMetric` the prompts are split as :func:`circuit.forward.plan_sweep`
+    says (per-prompt values are independent; their mean is the batch metric); a generic metric
+    sees all prompts at once. Values come back with the prompt axis last (or reduced).
+    """
+    w = weights_of(model)
+    guards.check_tokens(clean_tokens, corrupted_tokens, w.n_ctx)
+    n, seq = clean_tokens.shape
+    fast = isinstance(metric, LogitDiffMetric)
+    if fast and metric.answers.shape[0] != n:
+        raise PatchingError(
+            f"the metric's answers are for {metric.answers.shape[0]} prompts, the tokens hold {n}"
+        )
+    plan = plan_for(w, n, seq, n_variants, memory_budget)
+    size = plan.prompts if fast else n
+    chunked = size < n
+    parts = []
+    for first in range(0, n, size):
+        rows = slice(first, first + size)
+        chunk_metric = metric
+        if chunked:
+            chunk_metric = LogitDiffMetric(
+                metric.answers[rows], metric.clean_baseline, metric.corrupted_baseline
+            )
+        clean = run(w, clean_tokens[rows], keep_clean)
+        base = run(w, corrupted_tokens[rows], keep_base)
+        evaluator = _Evaluator(w, chunk_metric, per_prompt or chunked, base)
+        values = body(w, clean, base, evaluator, plan.variants)
+        if verify is not None and first == 0:
+            verify(w, clean, base, evaluator, values)
+        parts.append(values)
+    values = torch.cat(parts, dim=-1) if chunked else parts[0]
+    if chunked and not per_prompt:
+        values = values.mean(dim=-1)
+    return values.movedim(-1, 0) if per_prompt else values
+
+
+def patch_heads(
+    model: torch.nn.Module,
+    clean_tokens: Int[torch.Tensor, "n seq"],
+    corrupted_tokens: Int[torch.Tensor, "n seq"],
+    metric: Metric,
+    component: str,
+    by_position: bool = False,
+    per_prompt: bool = False,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    verify: bool = True,
+    stats: SweepStats | None = None,
+) -> torch.Tensor:
+    """Patch each head's ``component`` (``z``, ``q``, ``k``, ``v``, ``pattern``) from clean.
+
+    Returns ``[layer, head]``; by position ``[layer, pos, head]`` (``pattern``:
+    ``[layer, head, pos]``, as the library); with ``per_prompt`` a leading ``[n]`` dim.
+    ``memory_budget`` bounds the activation bytes of one prompt chunk (caches and a forward).
+    ``verify`` proves the largest-effect cell's patch through the model's hooks.
+    """
+    guards.check_component(component)
+    stats = stats if stats is not None else SweepStats()
+
+    def body(w, clean, base, evaluator, chunk):
+        seq = base.tokens.shape[1]
+        positions: list[int | None] = list(range(seq)) if by_position else [None]
+        layers = []
+        for layer in range(w.n_layers):
+            cells = [
+                _sweep_layer(w, component, layer, pos, clean, base, evaluator, chunk, stats)
+                for pos in positions
+            ]
+            layers.append(torch.stack(cells))
+        values = torch.stack(layers)
+        if not by_position:
+            return values[:, 0]
+        return values.transpose(1, 2) if component == "pattern" else values
+
+    def check(w, clean, base, evaluator, values):
+        _verify_heads(model, w, component, by_position, values, clean, base, evaluator)
+
+    with torch.inference_mode():
+        return _sweep(
+            model,
+            clean_tokens,
+            corrupted_tokens,
+            metric,
+            per_prompt,
+            model.cfg.n_heads,
+            {component},
+            {"k", "v", "z", component},
+            memory_budget,
+            body,
+            check if verify else None,
+        ).clone()
+
+
+def _largest_effect(values: torch.Tensor, unpatched: torch.Tensor, per_prompt: bool) -> tuple:
+    """Index of the cell whose (prompt-mean) value differs most from the unpatched run."""
+    mean = values.mean(dim=-1) if per_prompt else values
+    base = unpatched.mean() if per_prompt else unpatched.reshape(())
+    flat = int((mean - base).abs().flatten().nan_to_num(0).argmax())
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), mean.shape))
+
+
+def _tolerance(w: ForwardWeights) -> float:
+    return 1e-4 if w.dtype in (torch.float32, torch.float64) and w.bytes_per_element >= 4 else 1e-2
+
+
+def _verify_heads(model, w, component, by_position, values, clean, base, evaluator) -> None:
+    index = _largest_effect(values, evaluator.unpatched(w, base), evaluator.per_prompt)
+    if by_position and component == "pattern":
+        layer, head, pos = index
+    elif by_position:
+        layer, pos, head = index
+    else:
+        (layer, head), pos = index, None
+    cell = Cell(component, layer, head, pos)
+    clean_act = clean.activation(component, layer)
+    base_act = base.activation(component, layer)
+    guards.verify_cell(
+        model,
+        cell,
+        base.tokens,
+        clean_act,
+        base_act,
+        evaluator.bridge_value,
+        values[index],
+        _tolerance(w),
+    )
+    start_pos = 0 if pos is None else pos
+    edit = _head_edit(
+        component, layer, torch.tensor([head], device=w.device), pos, clean, base.tokens.shape[0]
+    )
+    out = forward(
+        w,
+        base.resid_pre[layer][:, start_pos:],
+        start_layer=layer,
+        stop_layer=layer + 1,
+        start_pos=start_pos,
+        prefix=base,
+        edits=[edit],
+        record=[(layer, component)],
+    )
+    guards.verify_forward_site(
+        cell, out.records[(layer, component)], clean_act, base_act, _tolerance(w)
+    )
+
+
+def patch_resid(
+    model: torch.nn.Module,
+    clean_tokens: Int[torch.Tensor, "n seq"],
+    corrupted_tokens: Int[torch.Tensor, "n seq"],
+    metric: Metric,
+    per_prompt: bool = False,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    verify: bool = True,
+    stats: SweepStats | None = None,
+) -> torch.Tensor:
+    """Patch ``resid_pre`` at each layer and position from clean: ``[layer, pos]``.
+
+    With ``per_prompt`` a leading ``[n]`` dim. Equal to ``get_act_patch_resid_pre``.
+    """
+    stats = stats if stats is not None else SweepStats()
+
+    def body(w, clean, base, evaluator, chunk):
+        n, seq = base.tokens.shape
+        rows = []
+        for layer in range(w.n_layers):
+            cells = []
+            for pos in range(seq):
+                resid = base.resid_pre[layer][:, pos:].clone()
+                resid[:, 0] = clean.resid_pre[layer][:, pos]
+                out = forward(
+                    w,
+                    resid,
+                    start_layer=layer,
+                    start_pos=pos,
+                    prefix=base,
+                    **evaluator.forward_kwargs(),
+                )
+                stats.count(n, w.n_layers - layer, seq - pos)
+                cells.append(evaluator.values(out, pos)[0])
+            rows.append(torch.stack(cells))
+        return torch.stack(rows)
+
+    def check(w, clean, base, evaluator, values):
+        layer, pos = _largest_effect(values, evaluator.unpatched(w, base), evaluator.per_prompt)
+        guards.verify_cell(
+            model,
+            Cell("resid_pre", layer, None, pos),
+            base.tokens,
+            clean.resid_pre[layer],
+            base.resid_pre[layer],
+            evaluator.bridge_value,
+            values[layer, pos],
+            _tolerance(w),
+        )
+
+    with torch.inference_mode():
+        return _sweep(
+            model,
+            clean_tokens,
+            corrupted_tokens,
+            metric,
+            per_prompt,
+            1,
+            set(),
+            {"k", "v"},
+            memory_budget,
+            body,
+            check if verify else None,
+        ).clone()

@@ -1,0 +1,368 @@
+"""Activation patching equals ``transformer_lens.patching``, cell for cell, and proves itself.
+
+References run the library's per-cell loops on the same bridge; results must agree within
+1e-5 (float32). In float64 the library stores its results in float32, so the tolerance there is
+float32 rounding (1e-6).
+"""
+
+import pytest
+import torch
+from test_forward import boot, pythia_70m, save_tiny_neox, tokens_for
+from transformer_lens import patching as tl
+
+from circuit import guards, patching
+from circuit.metrics import LogitDiffMetric, normalised_metric
+from circuit.patching import PatchingError, SweepStats, patch_heads, patch_resid
+
+REFERENCES = {
+    ("z", False): tl.get_act_patch_attn_head_out_all_pos,
+    ("q", False): tl.get_act_patch_attn_head_q_all_pos,
+    ("k", False): tl.get_act_patch_attn_head_k_all_pos,
+    ("v", False): tl.get_act_patch_attn_head_v_all_pos,
+    ("pattern", False): tl.get_act_patch_attn_head_pattern_all_pos,
+    ("z", True): tl.get_act_patch_attn_head_out_by_pos,
+    ("q", True): tl.get_act_patch_attn_head_q_by_pos,
+    ("k", True): tl.get_act_patch_attn_head_k_by_pos,
+    ("v", True): tl.get_act_patch_attn_head_v_by_pos,
+    ("pattern", True): tl.get_act_patch_attn_head_pattern_by_pos,
+}
+CASES = list(REFERENCES)
+
+
+@pytest.fixture(scope="module")
+def pythia70():
+    return pythia_70m()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_neox(tmp_path_factory.mktemp("tiny-neox"))
+
+
+@pytest.fixture(scope="module")
+def tiny32(tiny_dir):
+    return boot(tiny_dir, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny64(tiny_dir):
+    return boot(tiny_dir, torch.float64)
+
+
+@pytest.fixture(scope="module")
+def tiny_sequential(tmp_path_factory):
+    return boot(save_tiny_neox(tmp_path_factory.mktemp("tiny-seq"), parallel=False))
+
+
+class Problem:
+    """Clean/corrupted prompts differing at two positions, answers, the normalised metric and
+    the clean cache the library's functions take."""
+
+    def __init__(self, model, n: int, seq: int, seed: int = 1) -> None:
+        self.model = model
+        self.clean = tokens_for(model, n, seq, seed)
+        self.corrupted = self.clean.clone()
+        swap = tokens_for(model, n, 2, seed + 100)
+        self.corrupted[:, 2] = swap[:, 0]
+        self.corrupted[:, seq - 3] = swap[:, 1]
+        clean_logits, self.clean_cache = model.run_with_cache(self.clean)
+        corrupted_logits = model(self.corrupted)
+        # answers whose logit difference moves most between the runs, so that the normalised
+        # metric is well conditioned even on random weights
+        shift = clean_logits[:, -1] - corrupted_logits[:, -1]
+        self.answers = torch.stack([shift.argmax(-1), shift.argmin(-1)], dim=-1)
+        self.metric = normalised_metric(clean_logits, corrupted_logits, self.answers)
+
+    def reference(self, component: str, by_position: bool, metric=None, **kwargs):
+        fn = REFERENCES[(component, by_position)]
+        return fn(self.model, self.corrupted, self.clean_cache, metric or self.metric, **kwargs)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, atol: float = 1e-5) -> None:
+    """Equal within ``atol`` relative to the values' scale (per-prompt normalised values can
+    reach ~10 where float32 keeps ~7 digits)."""
+    assert got.shape == want.shape
+    scale = max(1.0, float(want.abs().max()))
+    torch.testing.assert_close(got.to(want), want, rtol=0, atol=atol * scale)
+
+
+@pytest.fixture(scope="module")
+def tiny32_problem(tiny32):
+    return Problem(tiny32, 3, 7)
+
+
+@pytest.fixture(scope="module")
+def tiny64_problem(tiny64):
+    return Problem(tiny64, 3, 7)
+
+
+@pytest.mark.parametrize(("component", "by_position"), CASES)
+def test_heads_equal_library_float32(tiny32_problem, component, by_position):
+    p = tiny32_problem
+    got = patch_heads(p.model, p.clean, p.corrupted, p.metric, component, by_position)
+    want = p.reference(component, by_position)
+    _close(got, want)
+    assert want.abs().max() > 1e-3, "the reference is trivially zero"
+
+
+@pytest.mark.parametrize(("component", "by_position"), CASES)
+def test_heads_equal_library_float64(tiny64_problem, component, by_position):
+    p = tiny64_problem
+    got = patch_heads(p.model, p.clean, p.corrupted, p.metric, component, by_position)
+    assert got.dtype == torch.float64
+    _close(got, p.reference(component, by_position), atol=1e-6)
+
+
+@pytest.mark.parametrize(("component", "by_position"), [("z", False), ("z", True), ("q", True)])
+def test_heads_equal_library_sequential_block(tiny_sequential, component, by_position):
+    """Without parallel attention the z shortcut does not apply: the general path runs."""
+    p = Problem(tiny_sequential, 3, 6)
+    got = patch_heads(p.model, p.clean, p.corrupted, p.metric, component, by_position)
+    _close(got, p.reference(component, by_position))
+
+
+@pytest.mark.parametrize(
+    ("component", "by_position"), [("z", False), ("v", True), ("pattern", True)]
+)
+def test_per_prompt_equals_library_reduce_none(tiny32_problem, component, by_position):
+    p = tiny32_problem
+    got = patch_heads(
+        p.model, p.clean, p.corrupted, p.metric, component, by_position, per_prompt=True
+    )
+    want = p.reference(component, by_position, metric=p.metric.with_per_prompt(True), reduce="none")
+    _close(got, want.values.movedim(-1, 0))
+    mean = patch_heads(p.model, p.clean, p.corrupted, p.metric, component, by_position)
+    _close(got.mean(0), mean, atol=1e-6)
+
+
+def test_resid_equals_library(tiny32_problem):
+    p = tiny32_problem
+    want = tl.get_act_patch_resid_pre(p.model, p.corrupted, p.clean_cache, p.metric)
+    _close(patch_resid(p.model, p.clean, p.corrupted, p.metric), want)
+    per_prompt = tl.get_act_patch_resid_pre(
+        p.model, p.corrupted, p.clean_cache, p.metric.with_per_prompt(True), reduce="none"
+    )
+    got = patch_resid(p.model, p.clean, p.corrupted, p.metric, per_prompt=True)
+    _close(got, per_prompt.values.movedim(-1, 0))
+
+
+def test_resid_equals_library_float64(tiny64_problem):
+    p = tiny64_problem
+    want = tl.get_act_patch_resid_pre(p.model, p.corrupted, p.clean_cache, p.metric)
+    _close(patch_resid(p.model, p.clean, p.corrupted, p.metric), want, atol=1e-6)
+
+
+def _generic_metric(logits: torch.Tensor) -> torch.Tensor:
+    """Reads an early position too, so by-position sweeps must supply unchanged logits."""
+    return logits[:, 1, 5].mean() - logits[:, -1, 7].mean() + logits[:, 4].logsumexp(-1).mean()
+
+
+@pytest.mark.parametrize(("component", "by_position"), [("q", False), ("v", True), ("z", True)])
+def test_generic_metric_equals_library(tiny32_problem, component, by_position):
+    p = tiny32_problem
+    got = patch_heads(p.model, p.clean, p.corrupted, _generic_metric, component, by_position)
+    _close(got, p.reference(component, by_position, metric=_generic_metric))
+
+
+def test_generic_metric_resid_and_per_prompt(tiny32_problem):
+    p = tiny32_problem
+
+    def per_prompt_metric(logits):
+        return logits[:, 3, 11] - logits[:, -1, 2]
+
+    want = tl.get_act_patch_resid_pre(
+        p.model, p.corrupted, p.clean_cache, per_prompt_metric, reduce="none"
+    )
+    got = patch_resid(p.model, p.clean, p.corrupted, per_prompt_metric, per_prompt=True)
+    _close(got, want.values.movedim(-1, 0))
+
+
+def test_unnormalised_metric(tiny32_problem):
+    p = tiny32_problem
+    raw = LogitDiffMetric(p.answers)
+    _close(patch_heads(p.model, p.clean, p.corrupted, raw, "k", True), p.reference("k", True, raw))
+
+
+def test_chunking_changes_nothing(tiny32_problem):
+    """One prompt per chunk and one head per forward give the default result."""
+    p = tiny32_problem
+    default_stats, tiny_stats = SweepStats(), SweepStats()
+    for per_prompt in (False, True):
+        default = patch_heads(
+            p.model, p.clean, p.corrupted, p.metric, "v", True, per_prompt, stats=default_stats
+        )
+        tiny = patch_heads(
+            p.model,
+            p.clean,
+            p.corrupted,
+            p.metric,
+            "v",
+            True,
+            per_prompt,
+            memory_budget=1,
+            stats=tiny_stats,
+        )
+        _close(tiny, default)
+    assert tiny_stats.forwards > default_stats.forwards
+
+
+def test_forward_counts(tiny32_problem):
+    """One forward per layer (all heads batched), per layer and position when by position;
+    each by-position forward runs only the positions from the patched one on."""
+    p = tiny32_problem
+    n, seq = p.clean.shape
+    layers, heads = p.model.cfg.n_layers, p.model.cfg.n_heads
+    stats = SweepStats()
+    patch_heads(p.model, p.clean, p.corrupted, p.metric, "k", stats=stats)
+    assert stats.forwards == layers
+    assert stats.rows == layers * heads * n
+    stats = SweepStats()
+    patch_heads(p.model, p.clean, p.corrupted, p.metric, "k", True, stats=stats)
+    assert stats.forwards == layers * seq
+    reference = (layers * seq * heads) * n * layers * seq  # one full forward per cell
+    assert stats.row_layer_positions < reference * 0.5
+
+
+@pytest.mark.parametrize("component", ["z", "q", "k", "v", "pattern"])
+def test_heads_equal_library_pythia_70m(pythia70, component):
+    p = Problem(pythia70, 3, 6)
+    _close(
+        patch_heads(p.model, p.clean, p.corrupted, p.metric, component),
+        p.reference(component, False),
+    )
+
+
+@pytest.mark.parametrize("component", ["z", "q", "k", "v", "pattern"])
+def test_heads_by_position_equal_library_pythia_70m_sampled_cells(pythia70, component):
+    """The full by-position sweep against the library on 12 random cells (the library's
+    ``index_df`` mode runs only those); the slow tests below compare every cell."""
+    import pandas as pd
+
+    p = Problem(pythia70, 3, 6)
+    got = patch_heads(p.model, p.clean, p.corrupted, p.metric, component, True)
+    generator = torch.Generator().manual_seed(0)
+    shape = got.shape
+    cells = torch.stack([torch.randint(0, size, (12,), generator=generator) for size in shape], 1)
+    names = (
+        ["layer", "head_index", "dest_pos"] if component == "pattern" else ["layer", "pos", "head"]
+    )
+    index_df = pd.DataFrame(cells.tolist(), columns=names)
+    want = p.reference(component, True, index_axis_names=None, index_df=index_df)
+    _close(got[tuple(cells.T)], want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("component", ["z", "q", "k", "v", "pattern"])
+def test_heads_by_position_equal_library_pythia_70m(pythia70, component):
+    p = Problem(pythia70, 2, 6)
+    got = patch_heads(p.model, p.clean, p.corrupted, p.metric, component, True)
+    _close(got, p.reference(component, True))
+
+
+def test_resid_equals_library_pythia_70m(pythia70):
+    p = Problem(pythia70, 3, 6)
+    want = tl.get_act_patch_resid_pre(p.model, p.corrupted, p.clean_cache, p.metric)
+    _close(patch_resid(p.model, p.clean, p.corrupted, p.metric), want)
+
+
+# Guards ------------------------------------------------------------------------------------
+
+
+def test_rejects_shape_mismatch(tiny32_problem):
+    p = tiny32_problem
+    with pytest.raises(PatchingError, match="differ in shape"):
+        patch_heads(p.model, p.clean, p.corrupted[:, :-1], p.metric, "z")
+    with pytest.raises(PatchingError, match="differ in shape"):
+        patch_resid(p.model, p.clean[:2], p.corrupted, p.metric)
+
+
+def test_rejects_tokens_that_are_not_2d_long(tiny32_problem):
+    p = tiny32_problem
+    with pytest.raises(PatchingError, match="2-D LongTensor"):
+        patch_heads(p.model, p.clean.float(), p.corrupted.float(), p.metric, "z")
+    with pytest.raises(PatchingError, match="2-D LongTensor"):
+        patch_heads(p.model, p.clean[0], p.corrupted[0], p.metric, "z")
+    with pytest.raises(PatchingError, match=r"torch\.Tensor"):
+        patch_resid(p.model, p.clean.tolist(), p.corrupted, p.metric)
+
+
+def test_rejects_unknown_component(tiny32_problem):
+    p = tiny32_problem
+    with pytest.raises(PatchingError, match="unknown component 'attn_out'"):
+        patch_heads(p.model, p.clean, p.corrupted, p.metric, "attn_out")
+
+
+def test_rejects_metric_of_wrong_shape(tiny32_problem):
+    p = tiny32_problem
+    with pytest.raises(PatchingError, match=r"expected a scalar"):
+        patch_heads(p.model, p.clean, p.corrupted, lambda logits: logits[:, -1, 0], "z")
+    with pytest.raises(PatchingError, match=r"expected a \[n\] = \[3\] tensor"):
+        patch_heads(
+            p.model,
+            p.clean,
+            p.corrupted,
+            lambda logits: logits[:, -1, 0].mean(),
+            "z",
+            per_prompt=True,
+        )
+    with pytest.raises(PatchingError, match="answers are for 2 prompts"):
+        patch_heads(p.model, p.clean, p.corrupted, LogitDiffMetric(p.answers[:2]), "z")
+
+
+def test_head_and_layer_checks():
+    guards.check_heads([(0, 1), (2, 3)], n_layers=3, n_heads=4)
+    with pytest.raises(PatchingError, match="head list is empty"):
+        guards.check_heads([], 3, 4)
+    with pytest.raises(PatchingError, match="layer 3 out of range"):
+        guards.check_heads([(3, 0)], 3, 4)
+    with pytest.raises(PatchingError, match="head 4 of layer 0 out of range"):
+        guards.check_heads([(0, 4)], 3, 4)
+    with pytest.raises(PatchingError, match="layer -1 out of range"):
+        guards.check_layer(-1, 3)
+    with pytest.raises(PatchingError, match="repeated heads"):
+        guards.check_heads([(1, 1), (1, 1)], 3, 4)
+
+
+def test_a_patch_that_does_nothing_is_caught(tiny32_problem, monkeypatch):
+    """Sabotage the edit (an all-false mask): the sweep must fail its proof, not return."""
+    p = tiny32_problem
+    real = patching._head_edit
+
+    def silent(*args):
+        edit = real(*args)
+        return type(edit)(edit.layer, edit.site, edit.value, torch.zeros_like(edit.mask))
+
+    monkeypatch.setattr(patching, "_head_edit", silent)
+    with pytest.raises(guards.PatchNotApplied):
+        patch_heads(p.model, p.clean, p.corrupted, p.metric, "v")
+
+
+def test_a_patch_at_the_wrong_head_is_caught(tiny32_problem, monkeypatch):
+    p = tiny32_problem
+    real = patching._head_edit
+
+    def shifted(component, layer, heads, pos, clean, n):
+        return real(component, layer, (heads + 1) % p.model.cfg.n_heads, pos, clean, n)
+
+    monkeypatch.setattr(patching, "_head_edit", shifted)
+    with pytest.raises(guards.PatchNotApplied):
+        patch_heads(p.model, p.clean, p.corrupted, p.metric, "q", True)
+
+
+def test_verify_cell_checks_the_site(tiny32_problem):
+    """The bridge-side proof accepts the true value and rejects a wrong value or a run whose
+    input at the patched layer is not the corrupted run's."""
+    p = tiny32_problem
+    model = p.model
+    _, corrupted_cache = model.run_with_cache(p.corrupted)
+    name = "blocks.1.attn.hook_v"
+    clean_v, corrupted_v = p.clean_cache[name], corrupted_cache[name]
+    cell = guards.Cell("v", 1, 2, None)
+    good = patch_heads(model, p.clean, p.corrupted, p.metric, "v", verify=False)[1, 2]
+    guards.verify_cell(model, cell, p.corrupted, clean_v, corrupted_v, p.metric, good, 1e-4)
+    with pytest.raises(guards.PatchNotApplied, match="differs from the hooked model"):
+        guards.verify_cell(
+            model, cell, p.corrupted, clean_v, corrupted_v, p.metric, good + 0.1, 1e-4
+        )
+    with pytest.raises(guards.PatchNotApplied, match="entering the hook differs"):
+        guards.verify_cell(model, cell, p.corrupted, clean_v, clean_v, p.metric, good, 1e-4)
