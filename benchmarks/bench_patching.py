@@ -16,15 +16,14 @@ verification run), the fast routine's functional forwards and batch rows, and ea
 resident-memory growth.
 """
 
-import threading
 import time
 from collections.abc import Callable
 
-import psutil
 import pytest
 import torch
 from transformer_lens import patching as tl
 
+from benchmarks.measure import ForwardCounter, PeakRss
 from circuit.metrics import normalised_metric
 from circuit.models import ModelUnavailableError, load_model
 from circuit.patching import SweepStats, patch_heads
@@ -45,49 +44,6 @@ REFERENCES: dict[tuple[str, bool], Callable] = {
     ("pattern", True): tl.get_act_patch_attn_head_pattern_by_pos,
 }
 _reference_runs: dict[tuple[str, bool], dict[str, object]] = {}
-
-
-class PeakRss:
-    """Peak growth of this process's resident memory while the block runs (sampled)."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._process = psutil.Process()
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss - self._start)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakRss":
-        self._start = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def mib(self) -> float:
-        return round(self.peak / 2**20, 1)
-
-
-class ForwardCounter:
-    """Counts the bridge's full forward passes (calls of its token embedding)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.count = 0
-        self._handle = model.embed.register_forward_hook(self._hook)
-
-    def _hook(self, *args: object) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        self._handle.remove()
 
 
 def _random_pairs(model, n: int, seq: int, swap: tuple[int, int], seed: int = 0):

@@ -8,15 +8,14 @@ rounds on the same data in the same run; results must agree to 1e-5. ``extra_inf
 bridge forward passes, peak resident-memory growth and the speed-up ratio.
 """
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
+from benchmarks.measure import ForwardCounter, PeakRss
 from circuit.metrics import LogitDiffMetric
 from circuit.models import BUNDLED_DIR
 from circuit.paths import path_patch_detailed
@@ -28,49 +27,6 @@ N_PROMPTS, SEQ_LEN = 32, 20
 RECEIVERS = [(4, 3), (5, 1)]
 TOLERANCE = 1e-5
 _reference_runs: dict[str, dict[str, object]] = {}
-
-
-class PeakRss:
-    """Peak growth of this process's resident memory while the block runs (sampled)."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._process = psutil.Process()
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss - self._start)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakRss":
-        self._start = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def mib(self) -> float:
-        return self.peak / 2**20
-
-
-class ForwardCounter:
-    """Counts the bridge's full forward passes (calls of its token embedding)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.count = 0
-        self._handle = model.embed.register_forward_hook(self._hook)
-
-    def _hook(self, *args: object) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        self._handle.remove()
 
 
 @pytest.fixture(scope="module")
