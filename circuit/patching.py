@@ -29,7 +29,11 @@ starting from the corrupted run's residual stream at the patched layer; by-posit
 recompute only positions ``>= pos`` (earlier keys and values come from the corrupted run); the
 last layer computes only the final position; head-output (``z``) patches of a parallel-attention
 model skip the patched layer (its MLP reads the unchanged ``resid_pre``) and add the head's
-output difference to the residual stream directly. Nothing synchronises per cell.
+output difference to the residual stream directly; ``q``/``k``/``v``/``pattern`` patches of such a
+model recompute only the patched head at the patched layer (only query row ``pos`` for ``q`` and
+``pattern`` by position) and add its output difference the same way. All-position patches start
+at the first position where the clean activation differs from the corrupted one (before it the
+patch is a no-op). Nothing synchronises per cell (one check per layer finds that position).
 
 Proof (DESIGN section 6): with ``verify=True`` (default) the cell with the largest effect is
 re-run through the model's own hooks and :func:`circuit.guards.verify_cell` proves the hook fired,
@@ -49,6 +53,7 @@ from circuit.forward import (
     ForwardOutput,
     ForwardWeights,
     RunCache,
+    _rotate,
     answer_logits,
     forward,
     logits_of,
@@ -165,20 +170,32 @@ def _sweep_layer(
     evaluator: _Evaluator,
     chunk: int,
     stats: SweepStats,
+    first_diff: int = 0,
 ) -> torch.Tensor:
     """Values of patching every head at ``layer`` (and ``pos``): ``[head, n]`` or ``[head]``.
 
-    ``chunk`` heads (variants) run per forward.
+    ``chunk`` heads (variants) run per forward. ``first_diff``: the first (query) position at
+    which the clean activation differs from the corrupted one (see :func:`_first_diff`); the
+    head shortcuts recompute nothing before it.
     """
     n, seq = base.tokens.shape
     start_pos = 0 if pos is None else pos
+    shortcut = w.parallel and evaluator.fast and (component == "z" or base.q is not None)
+    first_diff = min(first_diff, seq - 1)
     parts = []
     for first in range(0, w.n_heads, chunk):
         heads = torch.arange(first, min(first + chunk, w.n_heads), device=w.device)
         rows = len(heads) * n
-        if component == "z" and w.parallel and evaluator.fast:
-            out = _z_shortcut(w, layer, heads, pos, clean, base, evaluator)
+        if shortcut and component == "z":
+            out = _z_shortcut(w, layer, heads, pos, clean, base, evaluator, first_diff)
             layers = w.n_layers - layer - 1
+            start_pos = first_diff if pos is None else pos
+        elif shortcut:
+            out = _head_shortcut(
+                w, component, layer, heads, pos, clean, base, evaluator, first_diff
+            )
+            layers = w.n_layers - layer - 1
+            start_pos = first_diff if pos is None else pos
         else:
             resid = base.resid_pre[layer][:, start_pos:]
             edit = _head_edit(component, layer, heads, pos, clean, n)
@@ -205,6 +222,7 @@ def _z_shortcut(
     clean: RunCache,
     base: RunCache,
     evaluator: _Evaluator,
+    first_diff: int = 0,
 ) -> ForwardOutput:
     """Patch head outputs by adding ``(z_clean - z_corrupted) @ W_O`` to ``resid_post``.
 
@@ -213,7 +231,7 @@ def _z_shortcut(
     ``pos`` patches that one position (by-position sweep); ``None`` patches every position.
     """
     n = base.tokens.shape[0]
-    start_pos = 0 if pos is None else pos
+    start_pos = first_diff if pos is None else pos
     z_diff = (clean.z[layer] - base.z[layer])[:, :, heads]
     delta = torch.einsum("nphe,hed->hnpd", z_diff, w.W_O[layer][heads])
     if pos is not None:
@@ -221,7 +239,78 @@ def _z_shortcut(
         resid = base.resid_post(layer)[None, :, pos:].repeat(len(heads), 1, 1, 1)
         resid[:, :, :1] += delta
     else:
-        resid = base.resid_post(layer)[None] + delta
+        resid = base.resid_post(layer)[None, :, start_pos:] + delta[:, :, start_pos:]
+    resid = resid.reshape(len(heads) * n, *resid.shape[2:])
+    if layer == w.n_layers - 1:
+        return ForwardOutput(
+            resid=resid, answer_logits=answer_logits(w, resid[:, -1], evaluator.answers)
+        )
+    return forward(
+        w,
+        resid,
+        start_layer=layer + 1,
+        start_pos=start_pos,
+        prefix=base,
+        **evaluator.forward_kwargs(),
+    )
+
+
+def _head_shortcut(
+    w: ForwardWeights,
+    component: str,
+    layer: int,
+    heads: Int[torch.Tensor, " variants"],
+    pos: int | None,
+    clean: RunCache,
+    base: RunCache,
+    evaluator: _Evaluator,
+    first_diff: int = 0,
+) -> ForwardOutput:
+    """Patch one head's ``q``/``k``/``v``/``pattern`` by recomputing that head only.
+
+    Variant ``v`` patches head ``heads[v]``; the variants take the place of the head dim, so the
+    patched heads' new ``z`` is one small attention over the base run's other inputs. In a
+    parallel block the MLP reads the unchanged ``resid_pre``, so ``resid_post`` changes by
+    ``(z_new - z_corrupted) @ W_O`` of the head only, at the query positions whose ``z`` can
+    change: every position (``pos is None``), ``pos`` only (``q``, ``pattern``) or ``pos ..``
+    (``k``, ``v``). The layers after it then run from ``pos`` on.
+    """
+    n, seq = base.tokens.shape
+    start_pos = first_diff if pos is None else pos
+    query_to = pos + 1 if pos is not None and component in ("q", "pattern") else seq
+
+    def head_act(run: RunCache, site: str) -> torch.Tensor:  # [n, seq, variants, d_head]
+        return run.activation(site, layer)[:, :, heads]
+
+    if component == "pattern":
+        # by position only the query row ``pos`` is patched, and only it changes
+        pattern = clean.pattern[layer][:, heads, start_pos:query_to]
+        v = head_act(base, "v")
+    else:
+        acts = {}
+        for site in ("q", "k", "v"):
+            act = head_act(base, site)
+            if site == component:
+                patched = head_act(clean, site)
+                if pos is None:
+                    act = patched
+                else:
+                    act = act.clone()
+                    act[:, pos] = patched[:, pos]
+            acts[site] = act
+        q = acts["q"][:, start_pos:query_to]
+        q_rot = _rotate(q, w.cos[start_pos:query_to], w.sin[start_pos:query_to])
+        k_rot = _rotate(acts["k"], w.cos[:seq], w.sin[:seq])
+        scores = torch.einsum("bqhe,bkhe->bhqk", q_rot, k_rot) * (w.d_head**-0.5)
+        causal = torch.ones(query_to - start_pos, seq, dtype=torch.bool, device=w.device)
+        scores = scores.masked_fill(~causal.tril(diagonal=start_pos), float("-inf"))
+        pattern = torch.softmax(scores, dim=-1)
+        v = acts["v"]
+    z_new = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+    z_diff = z_new - base.z[layer][:, start_pos:query_to, heads]
+    delta = torch.einsum("nphe,hed->hnpd", z_diff, w.W_O[layer][heads])
+    resid = base.resid_post(layer)[None, :, start_pos:].repeat(len(heads), 1, 1, 1)
+    resid[:, :, : query_to - start_pos] += delta
     resid = resid.reshape(len(heads) * n, *resid.shape[2:])
     if layer == w.n_layers - 1:
         return ForwardOutput(
@@ -316,8 +405,11 @@ def patch_heads(
         positions: list[int | None] = list(range(seq)) if by_position else [None]
         layers = []
         for layer in range(w.n_layers):
+            first_diff = _first_diff(component, layer, clean, base)
             cells = [
-                _sweep_layer(w, component, layer, pos, clean, base, evaluator, chunk, stats)
+                _sweep_layer(
+                    w, component, layer, pos, clean, base, evaluator, chunk, stats, first_diff
+                )
                 for pos in positions
             ]
             layers.append(torch.stack(cells))
@@ -338,11 +430,27 @@ def patch_heads(
             per_prompt,
             model.cfg.n_heads,
             {component},
-            {"k", "v", "z", component},
+            {"q", "k", "v", "z", component},
             memory_budget,
             body,
             check if verify else None,
         ).clone()
+
+
+def _first_diff(component: str, layer: int, clean: RunCache, base: RunCache) -> int:
+    """The first (query) position where ``component`` at ``layer`` differs, clean vs corrupted.
+
+    Before it the clean activation equals the corrupted one exactly (for every prompt and head),
+    so patching it there changes nothing. ``seq`` when they are equal everywhere. One
+    synchronisation per layer.
+    """
+    differs = clean.activation(component, layer) != base.activation(component, layer)
+    if component == "pattern":  # [n, head, query, key]
+        rows = differs.any(dim=-1).any(dim=1).any(dim=0)
+    else:  # [n, pos, head, d_head]
+        rows = differs.flatten(2).any(dim=-1).any(dim=0)
+    hit = rows.nonzero()
+    return int(hit[0, 0]) if hit.numel() else int(rows.shape[0])
 
 
 def _largest_effect(values: torch.Tensor, unpatched: torch.Tensor, per_prompt: bool) -> tuple:
