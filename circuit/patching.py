@@ -241,6 +241,12 @@ def _z_shortcut(
     else:
         resid = base.resid_post(layer)[None, :, start_pos:] + delta[:, :, start_pos:]
     resid = resid.reshape(len(heads) * n, *resid.shape[2:])
+    return _continue_after(w, base, layer, resid, start_pos, evaluator)
+
+
+def _continue_after(w, base, layer: int, resid, start_pos: int, evaluator) -> ForwardOutput:
+    """Run the layers after ``layer`` from ``resid`` (positions ``start_pos..``) to the answer
+    logits; after the last layer, read them straight from ``resid``."""
     if layer == w.n_layers - 1:
         return ForwardOutput(
             resid=resid, answer_logits=answer_logits(w, resid[:, -1], evaluator.answers)
@@ -312,18 +318,7 @@ def _head_shortcut(
     resid = base.resid_post(layer)[None, :, start_pos:].repeat(len(heads), 1, 1, 1)
     resid[:, :, : query_to - start_pos] += delta
     resid = resid.reshape(len(heads) * n, *resid.shape[2:])
-    if layer == w.n_layers - 1:
-        return ForwardOutput(
-            resid=resid, answer_logits=answer_logits(w, resid[:, -1], evaluator.answers)
-        )
-    return forward(
-        w,
-        resid,
-        start_layer=layer + 1,
-        start_pos=start_pos,
-        prefix=base,
-        **evaluator.forward_kwargs(),
-    )
+    return _continue_after(w, base, layer, resid, start_pos, evaluator)
 
 
 def _sweep(
