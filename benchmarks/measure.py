@@ -10,7 +10,7 @@ import torch
 class PeakRss:
     """Peak growth of this process's resident memory while the block runs (sampled)."""
 
-    def __init__(self, interval: float = 0.002) -> None:
+    def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak = 0
         self._process = psutil.Process()

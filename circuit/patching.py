@@ -41,7 +41,7 @@ changed exactly the intended site, and gives the value the fast routine reported
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Float, Int
@@ -58,13 +58,21 @@ from circuit.forward import (
     forward,
     logits_of,
     plan_for,
-    run,
+    run_pair,
     weights_of,
 )
 from circuit.guards import Cell, PatchingError
+from circuit.lowrank import NextBlock, block_after_head_write, prepare_next_block
 from circuit.metrics import LogitDiffMetric
 
 Metric = LogitDiffMetric | Callable[[torch.Tensor], torch.Tensor]
+
+VERIFY_PROMPTS = 4
+"""Prompts the guards re-run through the hooked model with a :class:`LogitDiffMetric`.
+
+The proof (hook fired once, site changed, nothing else changed, same per-prompt values) needs
+no more; a bridge forward of every prompt would cost as much as a fifth of a whole sweep.
+"""
 
 
 @dataclass
@@ -82,19 +90,23 @@ class SweepStats:
 
 
 class _Evaluator:
-    """Turns chunks of patched forwards into metric values ``[variants, n]`` or ``[variants]``."""
+    """Turns chunks of patched forwards into metric values ``[variants, n]`` or ``[variants]``.
+
+    A :class:`LogitDiffMetric` is always evaluated per prompt (``per_prompt`` is then True; the
+    sweep takes the mean at the end), so that the guards can check a few prompts' values.
+    """
 
     def __init__(self, w: ForwardWeights, metric: Metric, per_prompt: bool, base: RunCache) -> None:
         self.n = int(base.tokens.shape[0])
-        self.per_prompt = per_prompt
         self.fast = isinstance(metric, LogitDiffMetric)
+        self.per_prompt = per_prompt or self.fast
         if self.fast:
             if metric.answers.shape[0] != self.n:
                 raise PatchingError(
                     f"the metric's answers are for {metric.answers.shape[0]} prompts, the tokens "
                     f"hold {self.n}"
                 )
-            self.metric = metric.with_per_prompt(per_prompt)
+            self.metric = metric.with_per_prompt(True)
             self.answers = metric.answers.to(w.device)
         elif callable(metric):
             self.metric = metric
@@ -125,9 +137,20 @@ class _Evaluator:
     def call(self, logits: Float[torch.Tensor, "n seq vocab"]) -> torch.Tensor:
         return guards.check_metric_output(self.metric(logits), self.per_prompt, self.n)
 
-    def bridge_value(self, logits: Float[torch.Tensor, "n seq vocab"]) -> torch.Tensor:
-        """The metric of the hooked model's full logits (for the guards)."""
-        return self.metric(logits) if self.fast else self.call(logits)
+    @property
+    def verify_prompts(self) -> int:
+        """How many (leading) prompts the guards re-run through the hooked model.
+
+        :data:`VERIFY_PROMPTS` with a per-prompt metric; every prompt with a generic callable,
+        whose value need not decompose over prompts.
+        """
+        return min(self.n, VERIFY_PROMPTS) if self.fast else self.n
+
+    def bridge_value(self, logits: Float[torch.Tensor, "m seq vocab"]) -> torch.Tensor:
+        """The metric of the hooked model's full logits for the leading ``m`` prompts."""
+        if self.fast:
+            return replace(self.metric, answers=self.metric.answers[: logits.shape[0]])(logits)
+        return self.call(logits)
 
     def unpatched(self, w: ForwardWeights, base: RunCache) -> torch.Tensor:
         """The metric of the unpatched base run, ``[1, n]`` or ``[1]``."""
@@ -171,6 +194,7 @@ def _sweep_layer(
     chunk: int,
     stats: SweepStats,
     first_diff: int = 0,
+    next_block: NextBlock | None = None,
 ) -> torch.Tensor:
     """Values of patching every head at ``layer`` (and ``pos``): ``[head, n]`` or ``[head]``.
 
@@ -180,19 +204,19 @@ def _sweep_layer(
     """
     n, seq = base.tokens.shape
     start_pos = 0 if pos is None else pos
-    shortcut = w.parallel and evaluator.fast and (component == "z" or base.q is not None)
+    shortcut = _shortcut(w, component, evaluator, base)
     first_diff = min(first_diff, seq - 1)
     parts = []
     for first in range(0, w.n_heads, chunk):
         heads = torch.arange(first, min(first + chunk, w.n_heads), device=w.device)
         rows = len(heads) * n
         if shortcut and component == "z":
-            out = _z_shortcut(w, layer, heads, pos, clean, base, evaluator, first_diff)
+            out = _z_shortcut(w, layer, heads, pos, clean, base, evaluator, first_diff, next_block)
             layers = w.n_layers - layer - 1
             start_pos = first_diff if pos is None else pos
         elif shortcut:
             out = _head_shortcut(
-                w, component, layer, heads, pos, clean, base, evaluator, first_diff
+                w, component, layer, heads, pos, clean, base, evaluator, first_diff, next_block
             )
             layers = w.n_layers - layer - 1
             start_pos = first_diff if pos is None else pos
@@ -214,6 +238,11 @@ def _sweep_layer(
     return torch.cat(parts)
 
 
+def _shortcut(w: ForwardWeights, component: str, evaluator: _Evaluator, base: RunCache) -> bool:
+    """Whether head patches skip the patched block (parallel model, answer-logit metric)."""
+    return w.parallel and evaluator.fast and (component == "z" or base.q is not None)
+
+
 def _z_shortcut(
     w: ForwardWeights,
     layer: int,
@@ -223,6 +252,7 @@ def _z_shortcut(
     base: RunCache,
     evaluator: _Evaluator,
     first_diff: int = 0,
+    next_block: NextBlock | None = None,
 ) -> ForwardOutput:
     """Patch head outputs by adding ``(z_clean - z_corrupted) @ W_O`` to ``resid_post``.
 
@@ -230,31 +260,45 @@ def _z_shortcut(
     patched layer's output differs from the corrupted run's by the head's output difference only.
     ``pos`` patches that one position (by-position sweep); ``None`` patches every position.
     """
-    n = base.tokens.shape[0]
     start_pos = first_diff if pos is None else pos
-    z_diff = (clean.z[layer] - base.z[layer])[:, :, heads]
-    delta = torch.einsum("nphe,hed->hnpd", z_diff, w.W_O[layer][heads])
+    z_diff = (clean.z[layer] - base.z[layer])[:, start_pos:, heads]
     if pos is not None:
-        delta = delta[:, :, pos : pos + 1]
-        resid = base.resid_post(layer)[None, :, pos:].repeat(len(heads), 1, 1, 1)
-        resid[:, :, :1] += delta
+        z_diff[:, 1:] = 0
+    return _continue_after(w, base, layer, heads, z_diff, start_pos, evaluator, next_block)
+
+
+def _continue_after(
+    w: ForwardWeights,
+    base: RunCache,
+    layer: int,
+    heads: Int[torch.Tensor, " variants"],
+    z_diff: Float[torch.Tensor, "n pos variants d_head"],
+    start_pos: int,
+    evaluator: _Evaluator,
+    next_block: NextBlock | None,
+) -> ForwardOutput:
+    """Answer logits of variants whose ``resid_post(layer)`` gains ``z_diff_v @ W_O[heads[v]]``.
+
+    ``z_diff`` covers positions ``start_pos..``. With ``next_block`` (see
+    :func:`circuit.lowrank.prepare_next_block`) the next block runs at rank ``d_head``; the rest
+    runs as a plain forward; after the last layer the logits are read straight from the
+    residual stream.
+    """
+    if next_block is not None:
+        resid = block_after_head_write(w, base, next_block, heads, z_diff, start_pos)
+        next_layer = layer + 2
     else:
-        resid = base.resid_post(layer)[None, :, start_pos:] + delta[:, :, start_pos:]
-    resid = resid.reshape(len(heads) * n, *resid.shape[2:])
-    return _continue_after(w, base, layer, resid, start_pos, evaluator)
-
-
-def _continue_after(w, base, layer: int, resid, start_pos: int, evaluator) -> ForwardOutput:
-    """Run the layers after ``layer`` from ``resid`` (positions ``start_pos..``) to the answer
-    logits; after the last layer, read them straight from ``resid``."""
-    if layer == w.n_layers - 1:
+        delta = torch.einsum("npve,ved->vnpd", z_diff, w.W_O[layer][heads])
+        resid = delta.add_(base.resid_post(layer)[:, start_pos:]).flatten(0, 1)
+        next_layer = layer + 1
+    if next_layer == w.n_layers:
         return ForwardOutput(
             resid=resid, answer_logits=answer_logits(w, resid[:, -1], evaluator.answers)
         )
     return forward(
         w,
         resid,
-        start_layer=layer + 1,
+        start_layer=next_layer,
         start_pos=start_pos,
         prefix=base,
         **evaluator.forward_kwargs(),
@@ -271,6 +315,7 @@ def _head_shortcut(
     base: RunCache,
     evaluator: _Evaluator,
     first_diff: int = 0,
+    next_block: NextBlock | None = None,
 ) -> ForwardOutput:
     """Patch one head's ``q``/``k``/``v``/``pattern`` by recomputing that head only.
 
@@ -314,11 +359,9 @@ def _head_shortcut(
         v = acts["v"]
     z_new = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
     z_diff = z_new - base.z[layer][:, start_pos:query_to, heads]
-    delta = torch.einsum("nphe,hed->hnpd", z_diff, w.W_O[layer][heads])
-    resid = base.resid_post(layer)[None, :, start_pos:].repeat(len(heads), 1, 1, 1)
-    resid[:, :, : query_to - start_pos] += delta
-    resid = resid.reshape(len(heads) * n, *resid.shape[2:])
-    return _continue_after(w, base, layer, resid, start_pos, evaluator)
+    if query_to < seq:
+        z_diff = torch.cat([z_diff, z_diff.new_zeros(n, seq - query_to, *z_diff.shape[2:])], 1)
+    return _continue_after(w, base, layer, heads, z_diff, start_pos, evaluator, next_block)
 
 
 def _sweep(
@@ -359,15 +402,14 @@ def _sweep(
             chunk_metric = LogitDiffMetric(
                 metric.answers[rows], metric.clean_baseline, metric.corrupted_baseline
             )
-        clean = run(w, clean_tokens[rows], keep_clean)
-        base = run(w, corrupted_tokens[rows], keep_base)
-        evaluator = _Evaluator(w, chunk_metric, per_prompt or chunked, base)
+        clean, base = run_pair(w, clean_tokens[rows], corrupted_tokens[rows], keep_clean, keep_base)
+        evaluator = _Evaluator(w, chunk_metric, per_prompt, base)
         values = body(w, clean, base, evaluator, plan.variants)
         if verify is not None and first == 0:
             verify(w, clean, base, evaluator, values)
         parts.append(values)
     values = torch.cat(parts, dim=-1) if chunked else parts[0]
-    if chunked and not per_prompt:
+    if fast and not per_prompt:
         values = values.mean(dim=-1)
     return values.movedim(-1, 0) if per_prompt else values
 
@@ -401,9 +443,22 @@ def patch_heads(
         layers = []
         for layer in range(w.n_layers):
             first_diff = _first_diff(component, layer, clean, base)
+            next_block = None
+            if _shortcut(w, component, evaluator, base) and layer + 2 < w.n_layers:
+                next_block = prepare_next_block(w, base, layer)
             cells = [
                 _sweep_layer(
-                    w, component, layer, pos, clean, base, evaluator, chunk, stats, first_diff
+                    w,
+                    component,
+                    layer,
+                    pos,
+                    clean,
+                    base,
+                    evaluator,
+                    chunk,
+                    stats,
+                    first_diff,
+                    next_block,
                 )
                 for pos in positions
             ]
@@ -460,6 +515,34 @@ def _tolerance(w: ForwardWeights) -> float:
     return 1e-4 if w.dtype in (torch.float32, torch.float64) and w.bytes_per_element >= 4 else 1e-2
 
 
+def _verify_on_bridge(
+    model: torch.nn.Module,
+    w: ForwardWeights,
+    cell: Cell,
+    clean_act: torch.Tensor,
+    base_act: torch.Tensor,
+    base: RunCache,
+    evaluator: _Evaluator,
+    value: torch.Tensor,
+) -> None:
+    """:func:`circuit.guards.verify_cell` on the evaluator's leading ``verify_prompts`` prompts.
+
+    ``clean_act``/``base_act`` have the prompt dim first; ``value`` is the cell's ``[n]``
+    per-prompt values (or its scalar, when every prompt is verified).
+    """
+    rows = evaluator.verify_prompts
+    guards.verify_cell(
+        model,
+        cell,
+        base.tokens[:rows],
+        clean_act[:rows],
+        base_act[:rows],
+        evaluator.bridge_value,
+        value[:rows] if evaluator.per_prompt else value,
+        _tolerance(w),
+    )
+
+
 def _verify_heads(model, w, component, by_position, values, clean, base, evaluator) -> None:
     index = _largest_effect(values, evaluator.unpatched(w, base), evaluator.per_prompt)
     if by_position and component == "pattern":
@@ -471,16 +554,7 @@ def _verify_heads(model, w, component, by_position, values, clean, base, evaluat
     cell = Cell(component, layer, head, pos)
     clean_act = clean.activation(component, layer)
     base_act = base.activation(component, layer)
-    guards.verify_cell(
-        model,
-        cell,
-        base.tokens,
-        clean_act,
-        base_act,
-        evaluator.bridge_value,
-        values[index],
-        _tolerance(w),
-    )
+    _verify_on_bridge(model, w, cell, clean_act, base_act, base, evaluator, values[index])
     start_pos = 0 if pos is None else pos
     edit = _head_edit(
         component, layer, torch.tensor([head], device=w.device), pos, clean, base.tokens.shape[0]
@@ -540,16 +614,9 @@ def patch_resid(
 
     def check(w, clean, base, evaluator, values):
         layer, pos = _largest_effect(values, evaluator.unpatched(w, base), evaluator.per_prompt)
-        guards.verify_cell(
-            model,
-            Cell("resid_pre", layer, None, pos),
-            base.tokens,
-            clean.resid_pre[layer],
-            base.resid_pre[layer],
-            evaluator.bridge_value,
-            values[layer, pos],
-            _tolerance(w),
-        )
+        cell = Cell("resid_pre", layer, None, pos)
+        clean_act, base_act = clean.resid_pre[layer], base.resid_pre[layer]
+        _verify_on_bridge(model, w, cell, clean_act, base_act, base, evaluator, values[layer, pos])
 
     with torch.inference_mode():
         return _sweep(

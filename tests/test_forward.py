@@ -385,3 +385,75 @@ def test_bytes_estimate_bounds_a_measured_forward(tiny32):
     layers_run = w.n_layers - 1
     assert allocated <= F.bytes_per_row(w, 16) * 8 * layers_run
     assert allocated >= F.bytes_per_row(w, 16) * 8 * layers_run / 4, "estimate is not loose"
+
+
+def test_final_query_from_a_later_position_reproduces_the_run(pythia70):
+    """The last layer's one-query attention (keys beyond the rotary dims and values folded
+    through the pattern) reads earlier keys and values from the prefix, for variant rows too."""
+    w = F.weights_of(pythia70)
+    base = F.run(w, tokens_for(pythia70, 3, 9))
+    last = w.n_layers - 1
+    for pos in (0, 4, 8):
+        resid = base.resid_pre[last][:, pos:].repeat(2, 1, 1)
+        out = F.forward(w, resid, start_layer=last, start_pos=pos, prefix=base, final_only=True)
+        assert out.resid.shape == (6, 1, w.d_model)
+        want = base.resid_final[:, -1:].repeat(2, 1, 1)
+        assert _relative_error(out.resid, want) < 1e-5
+
+
+def test_run_pair_equals_two_runs_and_runs_each_sequence_once(tiny64, monkeypatch):
+    w = F.weights_of(tiny64)
+    clean = tokens_for(tiny64, 4, 6)
+    corrupted = clean[[1, 0, 3, 2]].clone()
+    corrupted[3, 2] = (corrupted[3, 2] + 1) % 300  # one corrupted prompt is new
+    batches = []
+    real_run = F.run
+
+    def spy(w_, tokens, keep=None):
+        batches.append(tokens.shape[0])
+        return real_run(w_, tokens, keep)
+
+    monkeypatch.setattr(F, "run", spy)
+    got_clean, got_corrupted = F.run_pair(w, clean, corrupted, {"z"}, {"q", "k", "v", "z"})
+    assert batches == [5], "4 clean prompts and one new corrupted one, run together once"
+    monkeypatch.setattr(F, "run", real_run)
+    for got, tokens, kept in ((got_clean, clean, {"z"}), (got_corrupted, corrupted, {"q", "z"})):
+        want = F.run(w, tokens)
+        assert torch.equal(got.tokens, tokens)
+        assert _relative_error(got.resid_pre, want.resid_pre) < 1e-12
+        assert _relative_error(got.resid_final, want.resid_final) < 1e-12
+        for site in kept:
+            assert _relative_error(got.activation(site, 1), want.activation(site, 1)) < 1e-12
+    assert got_clean.q is None, "only the kept sites"
+    assert got_clean.pattern is None, "only the kept sites"
+
+
+def test_records_are_not_overwritten_by_later_forwards(tiny32):
+    """Recorded q/k/v are views of the projection only when it is not a reused scratch buffer:
+    a later forward of the same shape must leave them as they were."""
+    w = F.weights_of(tiny32)
+    base = F.run(w, tokens_for(tiny32, 2, 6))
+    other = F.run(w, tokens_for(tiny32, 2, 6, seed=8))
+    sites = [(1, "q"), (1, "k"), (1, "v")]
+    first = F.forward(w, base.resid_pre[1], start_layer=1, record=sites)
+    kept = {site: first.records[site].clone() for site in sites}
+    F.forward(w, other.resid_pre[1], start_layer=1)
+    F.forward(w, other.resid_pre[1], start_layer=1, record=sites)
+    for site in sites:
+        assert torch.equal(first.records[site], kept[site]), site
+
+
+def test_cpu_plan_caps_the_widest_activation(tiny32):
+    """On CPU the variants per forward keep ``rows x seq x max(d_mlp, 3 * heads * d_head)``
+    under :data:`circuit.forward.CPU_TENSOR_BYTES` (here: Pythia-70m's shape, 32 prompts of
+    22 tokens, the benchmark's sweep)."""
+    d_model, n_layers, n_heads, d_mlp = 512, 6, 8, 2048
+    args = (n_layers, d_model, n_heads, 64, d_mlp, 32, 22, n_heads, 4)
+    uncapped = F.plan_sweep(*args)
+    capped = F.plan_sweep(*args, max_tensor_bytes=F.CPU_TENSOR_BYTES)
+    assert uncapped.variants == n_heads
+    assert capped.variants == 4
+    assert capped.variants * 32 * 22 * d_mlp * 4 <= F.CPU_TENSOR_BYTES
+    assert F.plan_sweep(*args, max_tensor_bytes=1).variants == 1, "one variant always runs"
+    w = F.weights_of(tiny32)
+    assert F.plan_for(w, 4, 7, 4, F.DEFAULT_MEMORY_BUDGET).variants == 4

@@ -366,3 +366,42 @@ def test_verify_cell_checks_the_site(tiny32_problem):
         )
     with pytest.raises(guards.PatchNotApplied, match="entering the hook differs"):
         guards.verify_cell(model, cell, p.corrupted, clean_v, clean_v, p.metric, good, 1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny32_six(tiny32):
+    return Problem(tiny32, 6, 7)
+
+
+def test_bridge_proof_reruns_a_few_prompts(tiny32_six, monkeypatch):
+    """With the logit-difference metric the hooked model re-runs the first
+    ``VERIFY_PROMPTS`` prompts (per-prompt values compared); a generic metric re-runs all."""
+    p = tiny32_six
+    seen = []
+    real = guards.verify_cell
+
+    def spy(model, cell, tokens, clean_act, corrupted_act, to_value, value, atol):
+        seen.append((tokens.shape[0], clean_act.shape[0], tuple(value.shape)))
+        return real(model, cell, tokens, clean_act, corrupted_act, to_value, value, atol)
+
+    monkeypatch.setattr(guards, "verify_cell", spy)
+    patch_heads(p.model, p.clean, p.corrupted, p.metric, "z")
+    rows = patching.VERIFY_PROMPTS
+    assert seen == [(rows, rows, (rows,))]
+    seen.clear()
+    patch_heads(p.model, p.clean, p.corrupted, _generic_metric, "z")
+    assert seen == [(6, 6, ())]
+
+
+def test_a_wrong_rank_d_head_block_is_caught(tiny32_six, monkeypatch):
+    """Sabotage the next-block shortcut (it sees three times the head's write): the largest
+    cell's value no longer matches the hooked model, on the prompts re-run."""
+    p = tiny32_six
+    real = patching.block_after_head_write
+
+    def inflated(w, base, prepared, heads, z_diff, start_pos):
+        return real(w, base, prepared, heads, 3 * z_diff, start_pos)
+
+    monkeypatch.setattr(patching, "block_after_head_write", inflated)
+    with pytest.raises(guards.PatchNotApplied, match="differs from the hooked model"):
+        patch_heads(p.model, p.clean, p.corrupted, p.metric, "z")

@@ -1,0 +1,150 @@
+"""The block after a head's output changed, with its input projections at rank ``d_head``.
+
+A head patch at layer ``l`` of a parallel-attention model changes ``resid_post(l)`` by
+``delta = z_diff @ W_O[l, h]`` (one head: rank ``d_head``). The next block reads that stream
+through LayerNorm, which is not linear, but is affine once its two statistics are known::
+
+    LN(x + delta) = ((x - mean(x)) + (delta - mean(delta))) / s' * gamma + beta
+    s' = sqrt(var(x + delta) + eps)
+
+so every projection ``P(y) = LN(y) @ W + b`` of the patched stream follows from the base run's
+projection of ``x`` (``P(x)``, with scale ``s``) and a rank-``d_head`` term::
+
+    P(x + delta) = (s * (P(x) - c) + z_diff @ (centre(W_O[l, h]) @ (gamma * W))) / s' + c
+    c = beta @ W + b
+
+This is an identity, not an approximation; only the summation order differs from a direct
+forward. It turns the next block's ``q``/``k``/``v`` and MLP-input projections, two thirds of
+its multiply-adds, into products with inner dimension ``d_head`` instead of ``d_model``.
+:func:`block_after_head_write` computes that block this way from a :class:`NextBlock`
+(:func:`prepare_next_block`, once per layer); the tests hold it equal to the
+plain forward and to ``transformer_lens.patching``.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+
+from circuit.forward import (
+    ForwardWeights,
+    RunCache,
+    activate_,
+    attend,
+    final_scale,
+    parallel_block_sum,
+    scratch,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class NextBlock:
+    """What :func:`block_after_head_write` needs of the block after ``layer``, prepared once.
+
+    From the base run, every position: ``scaled_qkv = s * (P_qkv(x) - offset_qkv)``
+    ``[n, pos, 3 * head * d_head]`` (``q``, ``k``, ``v`` as in ``W_QKV``) and
+    ``scaled_pre = s * (P_in(x) - offset_pre)`` ``[n, pos, d_mlp]`` (the MLP's input
+    projection), with ``s`` ``[n, pos, 1]`` the LayerNorm scale of ``x``; from the weights,
+    per head of ``layer``: ``through_qkv [head, d_head, 3 * head * d_head]`` and
+    ``through_pre [head, d_head, d_mlp]``, the maps from a head's ``z`` difference to the
+    next block's projections.
+    """
+
+    layer: int
+    scaled_qkv: Float[torch.Tensor, "n pos qkv"]
+    offset_qkv: Float[torch.Tensor, " qkv"]
+    scaled_pre: Float[torch.Tensor, "n pos d_mlp"]
+    offset_pre: Float[torch.Tensor, " d_mlp"]
+    through_qkv: Float[torch.Tensor, "head d_head qkv"]
+    through_pre: Float[torch.Tensor, "head d_head d_mlp"]
+
+
+def prepare_next_block(w: ForwardWeights, base: RunCache, layer: int) -> NextBlock:
+    """:class:`NextBlock` for head writes at ``layer`` (``base`` keeps ``q``, ``k``, ``v``).
+
+    Needs a parallel-attention model whose block ``layer + 1`` exists and is not the last.
+    """
+    block = layer + 1
+    if not w.parallel or block >= w.n_layers - 1:
+        raise ValueError(
+            f"a rank-d_head next block needs a parallel model and a block after {layer} that "
+            "is not the last"
+        )
+    x = base.resid_pre[block]
+    scale = final_scale(w, x)
+    write = w.W_O[layer]
+    centred = write - write.mean(dim=-1, keepdim=True)
+
+    weights = w.ln1_w[block][:, None] * w.W_QKV[block]
+    offset_qkv = w.ln1_b[block] @ w.W_QKV[block] + w.b_QKV[block]
+    base_qkv = torch.stack([base.q[block], base.k[block], base.v[block]], dim=2).flatten(2)
+
+    pre_weights = w.ln2_w[block][:, None] * w.W_in[block]
+    offset_pre = w.ln2_b[block] @ w.W_in[block] + w.b_in[block]
+    normed = torch.nn.functional.layer_norm(x, (w.d_model,), w.ln2_w[block], w.ln2_b[block], w.eps)
+    base_pre = (normed @ w.W_in[block]).add_(w.b_in[block])
+    return NextBlock(
+        layer=layer,
+        scaled_qkv=(base_qkv - offset_qkv).mul_(scale),
+        offset_qkv=offset_qkv,
+        scaled_pre=(base_pre - offset_pre).mul_(scale),
+        offset_pre=offset_pre,
+        through_qkv=centred @ weights,
+        through_pre=centred @ pre_weights,
+    )
+
+
+def block_after_head_write(
+    w: ForwardWeights,
+    base: RunCache,
+    prepared: NextBlock,
+    heads: Int[torch.Tensor, " variants"],
+    z_diff: Float[torch.Tensor, "n pos variants d_head"],
+    start_pos: int,
+) -> Float[torch.Tensor, "rows pos d_model"]:
+    """``resid_post(layer + 1)`` of patched variants, at positions ``start_pos..``.
+
+    Variant ``v`` is the base run with ``resid_post(layer)`` raised by
+    ``z_diff[:, :, v] @ W_O[layer, heads[v]]`` (``z_diff`` covers positions ``start_pos..``;
+    ``layer`` is ``prepared.layer``). Rows are variant-major (``rows = variants x n``), as in
+    :func:`circuit.forward.forward`.
+    """
+    layer = prepared.layer
+    block = layer + 1
+    n, n_pos, n_variants, d_head = z_diff.shape
+    seq_len = int(base.tokens.shape[1])
+    delta = torch.einsum("npve,ved->vnpd", z_diff, w.W_O[layer][heads])
+    x_new = delta.add_(base.resid_pre[block][:, start_pos:])
+    new_scale = final_scale(w, x_new).view(n_variants, n * n_pos, 1)
+    z_rows = z_diff.permute(2, 0, 1, 3).reshape(n_variants, n * n_pos, d_head) / new_scale
+
+    def project(scaled, offset, through, out):
+        """``(scaled + z_diff @ through) / new_scale + offset``: ``[variants, n * pos, width]``."""
+        scaled = scaled[:, start_pos:].reshape(1, n * n_pos, -1)
+        projected = torch.addcdiv(
+            offset, scaled, new_scale, out=out.view(n_variants, n * n_pos, -1)
+        )
+        return projected.baddbmm_(z_rows, through[heads])
+
+    qkv = scratch("qkv", (n_variants * n * n_pos, prepared.offset_qkv.shape[0]), z_rows)
+    qkv = project(prepared.scaled_qkv, prepared.offset_qkv, prepared.through_qkv, qkv)
+    qkv = qkv.view(n_variants * n, n_pos, 3, w.n_heads, d_head)
+    z = attend(
+        w,
+        block,
+        qkv[:, :, 0],
+        qkv[:, :, 1],
+        qkv[:, :, 2],
+        start_pos,
+        seq_len,
+        start_pos,
+        base,
+        {},
+        set(),
+        {},
+    )
+    hidden = scratch("mlp", (n_variants * n * n_pos, w.d_mlp), z_rows)
+    hidden = hidden.view(n_variants, n * n_pos, -1)
+    pre = project(prepared.scaled_pre, prepared.offset_pre, prepared.through_pre, hidden)
+    hidden = activate_(w, pre.view(-1, w.d_mlp))
+    return parallel_block_sum(w, block, x_new.flatten(0, 1), z, hidden)
