@@ -485,7 +485,9 @@ def _attention(
     xn = _normalise(x, w.ln1_w[layer], w.ln1_b[layer], w.eps)
     reuse = _untracked(xn) and not {"q", "k", "v"} & record
     q, k, v = _project(w, layer, xn, seq_len - query_from, reuse)
-    return attend(w, layer, q, k, v, start_pos, seq_len, query_from, prefix, edits, record, records)
+    return attend(
+        w, layer, q, k, v, start_pos, seq_len, query_from, prefix, edits, record, records, reuse
+    )
 
 
 def attend(
@@ -501,11 +503,15 @@ def attend(
     edits: dict[str, Edit],
     record: set[str],
     records: dict[tuple[int, str], torch.Tensor],
+    private: bool = False,
 ) -> Float[torch.Tensor, "batch qpos head d_head"]:
     """Attention from projected ``q`` (positions ``query_from..``), ``k``, ``v`` (``start_pos..``).
 
     Applies the layer's ``q``/``k``/``v``/``pattern`` edits and records; earlier positions'
-    keys and values come from ``prefix``. Returns ``z`` at the query positions.
+    keys and values come from ``prefix``. Returns ``z`` at the query positions. ``private``:
+    the caller keeps no other use of ``q`` and ``k`` (nor records them), so rotary is applied
+    in place. Without a pattern edit or record the pattern is never materialised
+    (``scaled_dot_product_attention``).
     """
     q = _apply(q, edits.get("q"), (1,), query_from, seq_len)
     k = _apply(k, edits.get("k"), (1,), start_pos, seq_len)
@@ -513,8 +519,13 @@ def attend(
     for name, act in (("q", q), ("k", k), ("v", v)):
         if name in record:
             records[(layer, name)] = act
-    q_rot = _rotate_heads(q, w.cos[query_from:seq_len], w.sin[query_from:seq_len])
-    k_rot = _rotate_heads(k, w.cos[start_pos:seq_len], w.sin[start_pos:seq_len])
+    if private:
+        q_rot = _rotate_in_place(q, w.cos[query_from:seq_len], w.sin[query_from:seq_len])
+        k_rot = _rotate_in_place(k, w.cos[start_pos:seq_len], w.sin[start_pos:seq_len])
+        q_rot, k_rot = q_rot.transpose(1, 2), k_rot.transpose(1, 2)
+    else:
+        q_rot = _rotate_heads(q, w.cos[query_from:seq_len], w.sin[query_from:seq_len])
+        k_rot = _rotate_heads(k, w.cos[start_pos:seq_len], w.sin[start_pos:seq_len])
     v_heads = v.transpose(1, 2)
     if start_pos > 0:
         if prefix is None:
@@ -524,14 +535,32 @@ def attend(
         k_pre = _rotate_heads(k_pre, w.cos[:start_pos], w.sin[:start_pos])
         k_rot = _join_positions(k_pre, k_rot)
         v_heads = _join_positions(v_pre.transpose(1, 2), v_heads)
-    scores = torch.matmul(q_rot, k_rot.transpose(-1, -2)) * (w.d_head**-0.5)
     causal = torch.ones(seq_len - query_from, seq_len, dtype=torch.bool, device=q.device)
-    scores = scores.masked_fill(~causal.tril(diagonal=query_from), float("-inf"))
-    pattern = torch.softmax(scores, dim=-1)
+    causal = causal.tril(diagonal=query_from)
+    if "pattern" not in edits and "pattern" not in record:
+        z = torch.nn.functional.scaled_dot_product_attention(
+            q_rot, k_rot, v_heads, attn_mask=causal
+        )
+        return z.transpose(1, 2)
+    scores = torch.matmul(q_rot, k_rot.transpose(-1, -2)) * (w.d_head**-0.5)
+    pattern = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
     pattern = _apply(pattern, edits.get("pattern"), (2,), query_from, seq_len)
     if "pattern" in record:
         records[(layer, "pattern")] = pattern
     return torch.matmul(pattern, v_heads).transpose(1, 2)
+
+
+def _rotate_in_place(
+    x: Float[torch.Tensor, "b p h dh"], cos: torch.Tensor, sin: torch.Tensor
+) -> Float[torch.Tensor, "b p h dh"]:
+    """:func:`_rotate` written into ``x`` itself (only its first ``rotary_dim`` dims change)."""
+    rd = cos.shape[-1]
+    half = rd // 2
+    rot = x[..., :rd].clone()
+    c, s = cos[:, None], sin[:, None]
+    x[..., :half] = rot[..., :half] * c[..., :half] - rot[..., half:] * s[..., :half]
+    x[..., half:rd] = rot[..., half:] * c[..., half:] + rot[..., :half] * s[..., half:]
+    return x
 
 
 _SCRATCH = threading.local()
@@ -603,8 +632,8 @@ def parallel_block_sum(
     if hidden is None:
         hidden = _mlp_hidden(w, layer, _normalise(x, w.ln2_w[layer], w.ln2_b[layer], w.eps))
     out = (x + (w.b_O[layer] + w.b_out[layer])).reshape(-1, x.shape[-1])
-    out = torch.addmm(out, z.flatten(2).reshape(out.shape[0], -1), w.W_O[layer].flatten(0, 1))
-    return torch.addmm(out, hidden, w.W_out[layer]).view(x.shape)
+    out.addmm_(z.flatten(2).reshape(out.shape[0], -1), w.W_O[layer].flatten(0, 1))
+    return out.addmm_(hidden, w.W_out[layer]).view(x.shape)
 
 
 def _final_query_attention(
@@ -936,7 +965,7 @@ def activation_bytes_per_row(
 
     Counts, per position, the tensors alive at once inside one layer (residual, normalised input,
     q/k/v rotated and not, z, attention scores and pattern over ``seq_len`` keys, MLP hidden
-    before and after the activation, outputs, edit values and masks) with a factor of 4 for
+    before and after the activation, outputs, edit values and masks) with a factor of 2 for
     temporaries: a bound on the bytes *allocated* per layer (measured in the tests), hence
     on the peak.
     """
@@ -946,7 +975,7 @@ def activation_bytes_per_row(
         + 3 * n_heads * seq_len  # scores, pattern, pattern edit
         + 3 * d_mlp  # mlp pre, post, temporary
     )
-    return 4 * per_pos * seq_len * bytes_per_element
+    return 2 * per_pos * seq_len * bytes_per_element
 
 
 def bytes_per_row(w: ForwardWeights, seq_len: int) -> int:

@@ -142,6 +142,7 @@ def block_after_head_write(
         {},
         set(),
         {},
+        private=True,
     )
     hidden = scratch("mlp", (n_variants * n * n_pos, w.d_mlp), z_rows)
     hidden = hidden.view(n_variants, n * n_pos, -1)
