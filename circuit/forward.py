@@ -370,7 +370,7 @@ def _rotate_heads(
     Only the first ``rotary_dim`` dims are rewritten, with the same arithmetic as
     :func:`_rotate` (``a * c + (-b) * s`` is ``a * c - b * s`` exactly).
     """
-    out = x.transpose(1, 2).contiguous()
+    out = x.transpose(1, 2).clone(memory_format=torch.contiguous_format)
     rd = cos.shape[-1]
     half = rd // 2
     rot = out[..., :rd].clone()

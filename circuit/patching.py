@@ -67,6 +67,30 @@ from circuit.metrics import LogitDiffMetric
 
 Metric = LogitDiffMetric | Callable[[torch.Tensor], torch.Tensor]
 
+LIBRARY_EQUIVALENTS: dict[tuple[str, bool], str] = {
+    ("z", False): "get_act_patch_attn_head_out_all_pos",
+    ("q", False): "get_act_patch_attn_head_q_all_pos",
+    ("k", False): "get_act_patch_attn_head_k_all_pos",
+    ("v", False): "get_act_patch_attn_head_v_all_pos",
+    ("pattern", False): "get_act_patch_attn_head_pattern_all_pos",
+    ("z", True): "get_act_patch_attn_head_out_by_pos",
+    ("q", True): "get_act_patch_attn_head_q_by_pos",
+    ("k", True): "get_act_patch_attn_head_k_by_pos",
+    ("v", True): "get_act_patch_attn_head_v_by_pos",
+    ("pattern", True): "get_act_patch_attn_head_pattern_by_pos",
+}
+"""``(component, by_position)`` -> the ``transformer_lens.patching`` function ``patch_heads``
+equals (the references of the tests and benchmarks)."""
+
+
+def library_equivalent(component: str, by_position: bool) -> Callable:
+    """The ``transformer_lens.patching`` function equal to ``patch_heads(.., component,
+    by_position)`` (arguments ``model, corrupted_tokens, clean_cache, metric``)."""
+    from transformer_lens import patching as library
+
+    return getattr(library, LIBRARY_EQUIVALENTS[(component, by_position)])
+
+
 VERIFY_PROMPTS = 4
 """Prompts the guards re-run through the hooked model with a :class:`LogitDiffMetric`.
 

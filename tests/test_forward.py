@@ -457,3 +457,27 @@ def test_cpu_plan_caps_the_widest_activation(tiny32):
     assert F.plan_sweep(*args, max_tensor_bytes=1).variants == 1, "one variant always runs"
     w = F.weights_of(tiny32)
     assert F.plan_for(w, 4, 7, 4, F.DEFAULT_MEMORY_BUDGET).variants == 4
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_a_one_position_forward_records_the_edited_activation(tiny32, site):
+    """From the last position alone (a by-position patch there), an edited ``q``/``k`` is
+    recorded as edited: rotary must not be applied to the record in place (a transposed
+    one-position tensor counts as contiguous, so ``.contiguous()`` would not copy)."""
+    w = F.weights_of(tiny32)
+    base, donor = F.run(w, tokens_for(tiny32, 2, 6)), F.run(w, tokens_for(tiny32, 2, 6, seed=4))
+    mask = torch.zeros(2, 6, w.n_heads, 1, dtype=torch.bool)
+    mask[:, 5, 1] = True
+    for layer in range(w.n_layers):
+        out = F.forward(
+            w,
+            base.resid_pre[layer][:, 5:],
+            start_layer=layer,
+            stop_layer=layer + 1,
+            start_pos=5,
+            prefix=base,
+            edits=[F.Edit(layer, site, donor.activation(site, layer), mask)],
+            record=[(layer, site)],
+        )
+        want = torch.where(mask, donor.activation(site, layer), base.activation(site, layer))
+        assert _relative_error(out.records[(layer, site)], want[:, 5:]) < 1e-6, layer

@@ -14,19 +14,7 @@ from circuit import guards, patching
 from circuit.metrics import LogitDiffMetric, normalised_metric
 from circuit.patching import PatchingError, SweepStats, patch_heads, patch_resid
 
-REFERENCES = {
-    ("z", False): tl.get_act_patch_attn_head_out_all_pos,
-    ("q", False): tl.get_act_patch_attn_head_q_all_pos,
-    ("k", False): tl.get_act_patch_attn_head_k_all_pos,
-    ("v", False): tl.get_act_patch_attn_head_v_all_pos,
-    ("pattern", False): tl.get_act_patch_attn_head_pattern_all_pos,
-    ("z", True): tl.get_act_patch_attn_head_out_by_pos,
-    ("q", True): tl.get_act_patch_attn_head_q_by_pos,
-    ("k", True): tl.get_act_patch_attn_head_k_by_pos,
-    ("v", True): tl.get_act_patch_attn_head_v_by_pos,
-    ("pattern", True): tl.get_act_patch_attn_head_pattern_by_pos,
-}
-CASES = list(REFERENCES)
+CASES = list(patching.LIBRARY_EQUIVALENTS)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +62,7 @@ class Problem:
         self.metric = normalised_metric(clean_logits, corrupted_logits, self.answers)
 
     def reference(self, component: str, by_position: bool, metric=None, **kwargs):
-        fn = REFERENCES[(component, by_position)]
+        fn = patching.library_equivalent(component, by_position)
         return fn(self.model, self.corrupted, self.clean_cache, metric or self.metric, **kwargs)
 
 
@@ -405,3 +393,68 @@ def test_a_wrong_rank_d_head_block_is_caught(tiny32_six, monkeypatch):
     monkeypatch.setattr(patching, "block_after_head_write", inflated)
     with pytest.raises(guards.PatchNotApplied, match="differs from the hooked model"):
         patch_heads(p.model, p.clean, p.corrupted, p.metric, "z")
+
+
+class SyllogismProblem(Problem):
+    """The study's task on the bundled model: the first prompts of its ``study`` dataset."""
+
+    def __init__(self, model, n: int) -> None:
+        from circuit.syllogisms import build_dataset
+
+        dataset = build_dataset(model, variant="study")
+        self.model = model
+        self.clean = dataset.clean_tokens[:n]
+        self.corrupted = dataset.corrupted_tokens[:n]
+        self.answers = dataset.answers[:n]
+        clean_logits, self.clean_cache = model.run_with_cache(self.clean)
+        self.metric = normalised_metric(clean_logits, model(self.corrupted), self.answers)
+
+
+@pytest.fixture(scope="module")
+def syllogisms(bundled_model):
+    return SyllogismProblem(bundled_model, 6)
+
+
+@pytest.mark.parametrize("component", ["z", "q", "k", "v", "pattern"])
+def test_heads_equal_library_on_the_bundled_model(syllogisms, component):
+    p = syllogisms
+    got = patch_heads(p.model, p.clean, p.corrupted, p.metric, component)
+    _close(got, p.reference(component, False))
+    per_prompt = patch_heads(p.model, p.clean, p.corrupted, p.metric, component, per_prompt=True)
+    _close(per_prompt.mean(0), got)
+
+
+@pytest.mark.parametrize("component", ["z", "q", "k", "v", "pattern"])
+def test_heads_by_position_equal_library_on_the_bundled_model(syllogisms, component):
+    """Every cell at the descriptor's and the final position, and 16 random others."""
+    import pandas as pd
+
+    p = syllogisms
+    got = patch_heads(p.model, p.clean, p.corrupted, p.metric, component, True)
+    n_layers, n_heads, seq = p.model.cfg.n_layers, p.model.cfg.n_heads, p.clean.shape[1]
+    generator = torch.Generator().manual_seed(0)
+    chosen = [
+        (layer, pos, head)
+        for layer in range(n_layers)
+        for head in range(n_heads)
+        for pos in (4, seq - 1)
+    ]
+    chosen += torch.stack(
+        [torch.randint(0, size, (16,), generator=generator) for size in (n_layers, seq, n_heads)],
+        1,
+    ).tolist()
+    cells = torch.tensor(chosen)
+    if component == "pattern":
+        cells = cells[:, [0, 2, 1]]
+        names = ["layer", "head_index", "dest_pos"]
+    else:
+        names = ["layer", "pos", "head"]
+    index_df = pd.DataFrame(cells.tolist(), columns=names)
+    want = p.reference(component, True, index_axis_names=None, index_df=index_df)
+    _close(got[tuple(cells.T)], want)
+
+
+def test_resid_equals_library_on_the_bundled_model(syllogisms):
+    p = syllogisms
+    want = tl.get_act_patch_resid_pre(p.model, p.corrupted, p.clean_cache, p.metric)
+    _close(patch_resid(p.model, p.clean, p.corrupted, p.metric), want)
