@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from test_forward import boot, pythia_70m, save_tiny_neox
 from transformers import AutoTokenizer
 
 from circuit.models import BUNDLED_DIR, load_model
@@ -30,3 +31,31 @@ def bundled_model():
 def random_pythia_70m():
     """Pythia-70m's architecture with seeded random weights."""
     return load_model("random:pythia-70m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A saved 3-layer, 4-head GPT-NeoX with random weights and perturbed LayerNorms."""
+    return save_tiny_neox(tmp_path_factory.mktemp("tiny-neox"))
+
+
+@pytest.fixture(scope="session")
+def tiny32(tiny_dir):
+    return boot(tiny_dir, torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny64(tiny_dir):
+    return boot(tiny_dir, torch.float64)
+
+
+@pytest.fixture(scope="session")
+def tiny_sequential(tmp_path_factory):
+    """The tiny model's shape with sequential (not parallel) attention and MLP."""
+    return boot(save_tiny_neox(tmp_path_factory.mktemp("tiny-seq"), parallel=False))
+
+
+@pytest.fixture(scope="session")
+def pythia70():
+    """Pythia-70m's shape with random weights (see ``test_forward.pythia_70m``)."""
+    return pythia_70m()

@@ -107,31 +107,6 @@ def pythia_70m(dtype: torch.dtype = torch.float32) -> TransformerBridge:
         return bridge.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny_neox(tmp_path_factory.mktemp("tiny-neox"))
-
-
-@pytest.fixture(scope="session")
-def tiny32(tiny_dir) -> TransformerBridge:
-    return boot(tiny_dir, torch.float32)
-
-
-@pytest.fixture(scope="session")
-def tiny64(tiny_dir) -> TransformerBridge:
-    return boot(tiny_dir, torch.float64)
-
-
-@pytest.fixture(scope="session")
-def tiny_sequential(tmp_path_factory) -> TransformerBridge:
-    return boot(save_tiny_neox(tmp_path_factory.mktemp("tiny-seq"), parallel=False))
-
-
-@pytest.fixture(scope="session")
-def pythia70() -> TransformerBridge:
-    return pythia_70m()
-
-
 def tokens_for(model: TransformerBridge, n: int, seq: int, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, min(model.cfg.d_vocab, 1000), (n, seq), generator=generator)

@@ -2,30 +2,10 @@
 
 import pytest
 import torch
-from test_forward import boot, pythia_70m, save_tiny_neox, tokens_for
+from test_forward import boot, save_tiny_neox, tokens_for
 
 from circuit import forward as F
 from circuit import lowrank
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_neox(tmp_path_factory.mktemp("tiny-neox"))
-
-
-@pytest.fixture(scope="module")
-def tiny32(tiny_dir):
-    return boot(tiny_dir, torch.float32)
-
-
-@pytest.fixture(scope="module")
-def tiny64(tiny_dir):
-    return boot(tiny_dir, torch.float64)
-
-
-@pytest.fixture(scope="module")
-def pythia70():
-    return pythia_70m()
 
 
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ float32 rounding (1e-6).
 
 import pytest
 import torch
-from test_forward import boot, pythia_70m, save_tiny_neox, tokens_for
+from test_forward import tokens_for
 from transformer_lens import patching as tl
 
 from circuit import guards, patching
@@ -15,31 +15,6 @@ from circuit.metrics import LogitDiffMetric, normalised_metric
 from circuit.patching import PatchingError, SweepStats, patch_heads, patch_resid
 
 CASES = list(patching.LIBRARY_EQUIVALENTS)
-
-
-@pytest.fixture(scope="module")
-def pythia70():
-    return pythia_70m()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_neox(tmp_path_factory.mktemp("tiny-neox"))
-
-
-@pytest.fixture(scope="module")
-def tiny32(tiny_dir):
-    return boot(tiny_dir, torch.float32)
-
-
-@pytest.fixture(scope="module")
-def tiny64(tiny_dir):
-    return boot(tiny_dir, torch.float64)
-
-
-@pytest.fixture(scope="module")
-def tiny_sequential(tmp_path_factory):
-    return boot(save_tiny_neox(tmp_path_factory.mktemp("tiny-seq"), parallel=False))
 
 
 class Problem:
