@@ -14,7 +14,7 @@ times the larger of the values' scale and 1 / (clean - corrupted gap) for the no
 metric) and records in ``extra_info``: both times (the fast one the mean of its rounds), their
 ratio, the bridge's forward passes of each (embedding calls: the reference's per-cell runs; the
 fast routine's verification run), the fast routine's functional forwards and batch rows, and
-each side's peak resident-memory growth (sampled every 50 ms).
+each side's peak resident-memory growth (the kernel's high-water mark, no sampling thread).
 """
 
 import time

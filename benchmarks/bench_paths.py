@@ -4,8 +4,9 @@ Run with ``pytest benchmarks/bench_paths.py --benchmark-only``. On ``random:pyth
 the first 32 prompts of the ``unfiltered`` syllogism dataset (22 tokens; random tokens of length
 20 where the bundled tokenizer is missing), receivers in the last two layers, for q, k and v: the
 reference is timed once (``pedantic``, one round: it takes minutes), the fast routine over three
-rounds on the same data in the same run; results must agree to 1e-5. ``extra_info`` records
-bridge forward passes, peak resident-memory growth and the speed-up ratio.
+rounds after one untimed warm-up, on the same data in the same run; results must agree to 1e-5.
+``extra_info`` records bridge forward passes, peak resident-memory growth (the kernel's
+high-water mark) and the speed-up ratio (reference time over the fast routine's mean).
 """
 
 import time
@@ -101,19 +102,19 @@ def test_fast_path_patch(benchmark, pythia, data, receiver_input):
             ),
         )
 
-    measured = benchmark.pedantic(fast, rounds=3, iterations=1, warmup_rounds=0)
+    measured = benchmark.pedantic(fast, rounds=3, iterations=1, warmup_rounds=1)
     result = measured["value"]
     expected = reference["value"]
     assert torch.equal(result.values.isnan(), expected.isnan())
     torch.testing.assert_close(
         result.values.nan_to_num(), expected.nan_to_num(), atol=TOLERANCE, rtol=0.0
     )
-    fast_seconds = benchmark.stats.stats.min
+    fast_seconds = benchmark.stats.stats.mean
     ratio = reference["seconds"] / fast_seconds
     benchmark.extra_info.update(
         prompts=list(clean.shape),
         reference_seconds=round(reference["seconds"], 3),
-        fast_seconds_min=round(fast_seconds, 3),
+        fast_seconds_mean=round(fast_seconds, 3),
         ratio=round(ratio, 1),
         reference_forwards=reference["forwards"],
         fast_bridge_forwards=measured["forwards"],

@@ -20,18 +20,21 @@ the effect through the later receivers only (those receivers keep their unpatche
 as the study's loop behaves. A receiver in layer 0 is allowed next to later receivers and never
 receives anything.
 
-Speed (DESIGN.md section 8): two cached bridge forwards, then a functional forward over the
-bridge's (folded) weights, batched over senders and chunked by memory. Step 2 starts from the
+Speed (DESIGN.md section 8): the clean and corrupted runs through :mod:`circuit.forward`
+(each distinct prompt once), then a functional forward over the bridge's (folded) weights,
+batched over senders and chunked by memory. Step 2 starts from the
 cached residual at each sender's layer and recomputes only MLPs (frozen heads do not change);
 step 3 starts at the first receiver layer (where only the receiver heads are recomputed); the last
 layer computes only the final position when the metric is a ``LogitDiffMetric``, whose answer
 logits are unembedded alone. No per-sender ``.item()``.
 
 Every call proves its patch (:class:`PathPatchEvidence`): an unpatched row run through the same
-functional code reproduces the bridge's own metric; the patched inputs differ from the computed
-ones only at the receiver heads; some receiver input changed; and (``verify=True``, the default)
-the sender that moved the receivers most is re-run through the bridge's own hooks, which must fire
-at every intended site, touch only the receiver heads, and give the same metric. Any failure
+functional code reproduces the bridge's own metric (per prompt on the first ``VERIFY_PROMPTS``
+prompts with a ``LogitDiffMetric``, on all of them with a generic metric); the patched inputs
+differ from the computed ones only at the receiver heads; some receiver input changed; and
+(``verify=True``, the default) the sender that moved the receivers most is re-run through the
+bridge's own hooks, which must fire at every intended site, touch only the receiver heads, and
+give the same metric. Any failure
 raises :class:`PatchNotAppliedError` (a :class:`circuit.guards.PatchNotApplied`).
 
 The transformer_lens-style orientation difference, and where freeze and direct disagree, are
@@ -47,6 +50,15 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuit.forward import (
+    CPU_TENSOR_BYTES,
+    RunCache,
+    answer_logits,
+    logits_of,
+    run_pair,
+    scratch,
+    weights_of,
+)
 from circuit.guards import (
     PatchingError,
     PatchNotApplied,
@@ -244,9 +256,17 @@ def _attend(
 
 
 def _mlp(x: torch.Tensor, weights: _Weights, layer: int) -> torch.Tensor:
-    x_normed = _ln(x, weights.eps)
-    hidden = weights.act(x_normed @ weights.W_in[layer] + weights.b_in[layer])
-    return hidden @ weights.W_out[layer] + weights.b_out[layer]
+    """The MLP's output for ``x`` ``[..., d_model]`` (hidden units in a reused buffer when no
+    gradient is tracked; exact GELU in place)."""
+    flat = _ln(x, weights.eps).reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled() and flat.requires_grad:
+        hidden = weights.act(torch.addmm(weights.b_in[layer], flat, weights.W_in[layer]))
+    else:
+        hidden = scratch("mlp", (flat.shape[0], weights.W_in.shape[-1]), flat)
+        torch.addmm(weights.b_in[layer], flat, weights.W_in[layer], out=hidden)
+        hidden = torch.ops.aten.gelu_(hidden) if weights.act is F.gelu else weights.act(hidden)
+    out = torch.addmm(weights.b_out[layer], hidden, weights.W_out[layer])
+    return out.view(*x.shape[:-1], -1)
 
 
 @dataclass
@@ -256,31 +276,39 @@ class _Base:
     stream: list[torch.Tensor]
     """Residual before each layer, and after the last: ``n_layers + 1`` tensors ``[n, pos, d]``."""
     rotary: tuple[torch.Tensor, torch.Tensor] | None
-    logits: torch.Tensor
 
 
-def _run_base(
-    model: TransformerBridge, tokens: torch.Tensor
-) -> tuple[_Base, dict[str, torch.Tensor]]:
-    n_layers = model.cfg.n_layers
-    last = f"blocks.{n_layers - 1}.hook_resid_post"
-    wanted = {f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)}
-    wanted |= {f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)}
-    wanted.add(last)
-    rotary_names = {"blocks.0.attn.hook_cos", "blocks.0.attn.hook_sin"}
-    logits, cache = model.run_with_cache(
-        tokens, names_filter=lambda name: name in wanted or name in rotary_names
+def _run_bases(
+    model: TransformerBridge, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor
+) -> tuple[tuple[_Base, RunCache], tuple[_Base, RunCache]]:
+    """The clean and corrupted runs through :func:`circuit.forward.run_pair` (every distinct
+    prompt once, ``z`` kept): each as a :class:`_Base` and its :class:`RunCache`."""
+    w = weights_of(model)
+    runs = run_pair(w, clean_tokens, corrupted_tokens, {"z"}, {"z"})
+    rotary = (w.cos, w.sin)
+    return tuple(
+        (_Base([*cache.resid_pre.unbind(0), cache.resid_final], rotary), cache) for cache in runs
     )
-    missing = sorted(wanted - set(cache.keys()))
-    if missing:
-        raise PatchNotAppliedError(f"bridge hooks did not fire: {missing[:3]}")
-    stream = [cache[f"blocks.{layer}.hook_resid_pre"] for layer in range(n_layers)]
-    stream.append(cache[last])
-    rotary = None
-    if rotary_names <= set(cache.keys()):
-        rotary = (cache["blocks.0.attn.hook_cos"][0], cache["blocks.0.attn.hook_sin"][0])
-    z = {name: cache[name] for name in cache if name.endswith("hook_z")}
-    return _Base(stream, rotary, logits), z
+
+
+def _z_by_hook(cache: RunCache) -> dict[str, torch.Tensor]:
+    """``hook_z`` of every layer, keyed by the bridge's hook names."""
+    return {f"blocks.{layer}.attn.hook_z": z for layer, z in enumerate(cache.z)}
+
+
+def _base_value(
+    model: TransformerBridge,
+    cache: RunCache,
+    metric: Metric | LogitDiffMetric,
+    n: int,
+    per_prompt: bool,
+) -> torch.Tensor:
+    """The metric of an unpatched functional run (answer logits alone for the fast metric)."""
+    w = weights_of(model)
+    if isinstance(metric, LogitDiffMetric):
+        logits = answer_logits(w, cache.resid_final[:, -1], metric.answers)
+        return metric.from_answer_logits(logits)
+    return _metric_value(metric, logits_of(w, cache), n, per_prompt)
 
 
 @dataclass(frozen=True)
@@ -507,11 +535,16 @@ def _metric_value(
 def _chunk_size(
     n: int, seq: int, weights: _Weights, vocab: int, chunk_bytes: int, itemsize: int
 ) -> int:
-    """Senders per chunk so that one chunk's activations stay within ``chunk_bytes``."""
+    """Senders per chunk so that one chunk's activations stay within ``chunk_bytes`` (and, on
+    CPU, its widest activation within :data:`circuit.forward.CPU_TENSOR_BYTES`)."""
     d_model, d_mlp = weights.W_in.shape[-2:]
     n_heads = weights.W_Q.shape[1]
     per_sender = n * seq * (8 * d_model + 2 * d_mlp + 2 * n_heads * seq + vocab) * itemsize
-    return max(1, chunk_bytes // max(per_sender, 1))
+    size = max(1, chunk_bytes // max(per_sender, 1))
+    if weights.W_in.device.type == "cpu":
+        widest = n * seq * max(d_mlp, 3 * n_heads * weights.W_Q.shape[-1], vocab) * itemsize
+        size = min(size, max(1, CPU_TENSOR_BYTES // max(widest, 1)))
+    return size
 
 
 @torch.no_grad()
@@ -548,10 +581,13 @@ def path_patch_detailed(
         metric = metric.with_per_prompt(per_prompt)
 
     device = weights.W_U.device
-    clean_base, z_clean = _run_base(model, clean_tokens.to(device))
-    corrupted_base, z_corrupted = _run_base(model, corrupted_tokens.to(device))
+    (clean_base, clean_run), (corrupted_base, corrupted_run) = _run_bases(
+        model, clean_tokens.to(device), corrupted_tokens.to(device)
+    )
+    z_clean, z_corrupted = _z_by_hook(clean_run), _z_by_hook(corrupted_run)
     base = clean_base if mode == "freeze" else corrupted_base
-    base_value = _metric_value(metric, base.logits, n, per_prompt)
+    base_run = clean_run if mode == "freeze" else corrupted_run
+    base_value = _base_value(model, base_run, metric, n, per_prompt)
     differs = (clean_tokens != corrupted_tokens).any(dim=0).nonzero().flatten()
     first_change = int(differs[0]) if len(differs) else 0
 
@@ -590,8 +626,11 @@ def path_patch_detailed(
         all_values = all_values.mean(dim=-1)
     all_changes = torch.cat(changes).float().cpu()
     null_value, sender_values = all_values[-1], all_values[:-1]
-    reproduction_error = float((null_value - base_value.float().cpu()).abs().max())
-    if reproduction_error > _tolerance(base_value):
+    null_rows = per_prompt_values[-1] if per_prompt_values is not None else null_value
+    bridge_value = _bridge_value(model, base_run.tokens, metric, n, per_prompt)
+    null_rows = null_rows[: bridge_value.shape[0]] if bridge_value.ndim else null_rows
+    reproduction_error = float((null_rows - bridge_value.float().cpu()).abs().max())
+    if reproduction_error > _tolerance(bridge_value):
         raise PatchNotAppliedError(
             f"the functional forward does not reproduce the model (metric off by "
             f"{reproduction_error:.3g}): unsupported architecture for the fast path"
@@ -614,7 +653,7 @@ def path_patch_detailed(
         result[:, : plan.last_layer] = block.permute(2, 0, 1)
     else:
         result[: plan.last_layer] = block
-    verified_sender, verification_error, forwards = None, None, 2
+    verified_sender, verification_error, forwards = None, None, 1
     if verify:
         flat = int(grid[: plan.last_layer].flatten().argmax())
         verified_sender = divmod(flat, n_heads)
@@ -652,6 +691,24 @@ def path_patch_detailed(
         verification_error=verification_error,
     )
     return PathPatchResult(result, evidence)
+
+
+def _bridge_value(
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    metric: Metric | LogitDiffMetric,
+    n: int,
+    per_prompt: bool,
+) -> torch.Tensor:
+    """The bridge's own (unhooked) metric of the base prompts: per prompt on the first
+    ``VERIFY_PROMPTS`` with the fast metric (prompts are independent), else on all of them."""
+    if isinstance(metric, LogitDiffMetric):
+        keep = min(n, VERIFY_PROMPTS)
+        few = LogitDiffMetric(
+            metric.answers[:keep], metric.clean_baseline, metric.corrupted_baseline, True
+        )
+        return few(model(tokens[:keep]))
+    return _metric_value(metric, model(tokens), n, per_prompt)
 
 
 def _tolerance(value: torch.Tensor) -> float:

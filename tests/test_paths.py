@@ -137,7 +137,8 @@ def test_evidence_proves_the_patch(tiny, task, mode):
     evidence = result.evidence
     assert evidence.outside_change == 0.0
     assert evidence.reproduction_error < TOLERANCE
-    assert evidence.model_forwards == (4 if mode == "freeze" else 3)
+    # one unhooked bridge run proves the functional forward, then the hooked re-run(s)
+    assert evidence.model_forwards == (3 if mode == "freeze" else 2)
     assert evidence.verified_sender is not None
     assert evidence.verification_error < TOLERANCE
     assert evidence.receiver_change[2:].isnan().all()
@@ -158,7 +159,7 @@ def test_verification_with_a_generic_metric_uses_every_prompt(tiny, task):
         tiny, clean, corrupted, mean_logit_diff, [(2, 1)], "v", verify=False
     )
     assert unverified.evidence.verified_sender is None
-    assert unverified.evidence.model_forwards == 2
+    assert unverified.evidence.model_forwards == 1
 
 
 def test_a_fast_path_that_drifts_from_the_model_is_caught(tiny, task, monkeypatch):
@@ -170,6 +171,26 @@ def test_a_fast_path_that_drifts_from_the_model_is_caught(tiny, task, monkeypatc
 
     clean, corrupted, metric = task
     monkeypatch.setattr(paths, "_mlp", wrong_mlp)
+    with pytest.raises(PatchNotAppliedError, match="does not reproduce the model"):
+        path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "q")
+
+
+def test_the_reproduction_proof_reruns_a_few_prompts(tiny, monkeypatch):
+    """With the logit-difference metric the unhooked bridge re-runs the first
+    ``VERIFY_PROMPTS`` base prompts, whose values the unpatched row must reproduce; a drifting
+    fast path is still caught there."""
+    import circuit.paths as paths
+
+    clean, corrupted, metric = make_task(tiny.cfg.d_vocab, n=7, seq=8, seed=6)
+    rows = []
+    handle = tiny.embed.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    try:
+        result = path_patch_detailed(tiny, clean, corrupted, metric, [(2, 1)], "q", verify=False)
+    finally:
+        handle.remove()
+    assert rows == [paths.VERIFY_PROMPTS]
+    assert result.evidence.reproduction_error < TOLERANCE
+    monkeypatch.setattr(paths, "_mlp", lambda x, weights, layer: torch.zeros_like(x))
     with pytest.raises(PatchNotAppliedError, match="does not reproduce the model"):
         path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "q")
 
