@@ -469,27 +469,6 @@ def _project(
     return q.view(*q.shape[:2], heads, d_head), kv[:, :, 0], kv[:, :, 1]
 
 
-def _attention(
-    w: ForwardWeights,
-    layer: int,
-    x: Float[torch.Tensor, "batch pos d_model"],
-    start_pos: int,
-    seq_len: int,
-    query_from: int,
-    prefix: RunCache | None,
-    edits: dict[str, Edit],
-    record: set[str],
-    records: dict[tuple[int, str], torch.Tensor],
-) -> Float[torch.Tensor, "batch qpos head d_head"]:
-    """One layer's attention heads: ``z`` at the query positions ``query_from:seq_len``."""
-    xn = _normalise(x, w.ln1_w[layer], w.ln1_b[layer], w.eps)
-    reuse = _untracked(xn) and not {"q", "k", "v"} & record
-    q, k, v = _project(w, layer, xn, seq_len - query_from, reuse)
-    return attend(
-        w, layer, q, k, v, start_pos, seq_len, query_from, prefix, edits, record, records, reuse
-    )
-
-
 def attend(
     w: ForwardWeights,
     layer: int,
@@ -644,12 +623,12 @@ def _final_query_attention(
     seq_len: int,
     prefix: RunCache | None,
 ) -> Float[torch.Tensor, "batch 1 head d_head"]:
-    """:func:`_attention` for the last position's query alone, without most of ``k`` and ``v``.
+    """:func:`attend` for the last position's query alone, without most of ``k`` and ``v``.
 
     With one query, ``z = (sum_p a_p LN(x_p)) @ W_V + b_V`` (the pattern sums to one), and the
     non-rotary part of each score is ``LN(x_p) . (W_K q) + b_K . q``: only the rotary dims of the
     keys need projecting at every position (a quarter of ``d_head`` in Pythia). Earlier
-    positions' keys and values come from ``prefix`` as in :func:`_attention`.
+    positions' keys and values come from ``prefix`` as in :func:`attend`.
     """
     xn = _normalise(x, w.ln1_w[layer], w.ln1_b[layer], w.eps)
     rd = w.rotary_dim
@@ -722,19 +701,11 @@ def _layer(
             z = _final_query_attention(w, layer, x, start_pos, seq_len, prefix)
             z = _apply(z, z_edit, (1,), query_from, seq_len)
         else:
-            z = _attention(
-                w,
-                layer,
-                x,
-                start_pos,
-                seq_len,
-                query_from,
-                prefix,
-                edits,
-                record,
-                records,
-            )
-            z = _apply(z, z_edit, (1,), query_from, seq_len)
+            xn = _normalise(x, w.ln1_w[layer], w.ln1_b[layer], w.eps)
+            reuse = _untracked(xn) and not {"q", "k", "v"} & record
+            q, k, v = _project(w, layer, xn, seq_len - query_from, reuse)
+            args = (start_pos, seq_len, query_from, prefix, edits, record, records, reuse)
+            z = _apply(attend(w, layer, q, k, v, *args), z_edit, (1,), query_from, seq_len)
         if "z" in record:
             records[(layer, "z")] = z
         if w.parallel and not {"attn_out", "mlp_out"} & (edits.keys() | record):
