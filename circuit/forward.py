@@ -371,11 +371,7 @@ def _rotate_heads(
     :func:`_rotate` (``a * c + (-b) * s`` is ``a * c - b * s`` exactly).
     """
     out = x.transpose(1, 2).clone(memory_format=torch.contiguous_format)
-    rd = cos.shape[-1]
-    half = rd // 2
-    rot = out[..., :rd].clone()
-    out[..., :half] = rot[..., :half] * cos[:, :half] - rot[..., half:] * sin[:, :half]
-    out[..., half:rd] = rot[..., half:] * cos[:, half:] + rot[..., :half] * sin[:, half:]
+    _rotate_in_place(out.transpose(1, 2), cos, sin)
     return out
 
 
@@ -573,18 +569,28 @@ def _mlp_hidden(
     Without autograd it is written to a reused buffer and GELU runs in place: valid until the
     next call on this thread.
     """
-    flat = x.reshape(-1, x.shape[-1])
-    if not _untracked(flat):
-        return ACT2FN[w.act_name](torch.addmm(w.b_in[layer], flat, w.W_in[layer]))
-    hidden = scratch("mlp", (flat.shape[0], w.d_mlp), flat)
-    return activate_(w, torch.addmm(w.b_in[layer], flat, w.W_in[layer], out=hidden))
+    return hidden_units(x.reshape(-1, x.shape[-1]), w.W_in[layer], w.b_in[layer], w.act_name)
 
 
-def activate_(w: ForwardWeights, pre: Float[torch.Tensor, "rows d_mlp"]) -> torch.Tensor:
+def hidden_units(
+    x: Float[torch.Tensor, "rows d_model"],
+    W_in: Float[torch.Tensor, "d_model d_mlp"],
+    b_in: Float[torch.Tensor, " d_mlp"],
+    act_name: str,
+) -> Float[torch.Tensor, "rows d_mlp"]:
+    """``act(x @ W_in + b_in)``. Without autograd it is written to the ``"mlp"``
+    :func:`scratch` buffer (valid until the next call on this thread), GELU in place."""
+    if not _untracked(x):
+        return ACT2FN[act_name](torch.addmm(b_in, x, W_in))
+    hidden = scratch("mlp", (x.shape[0], W_in.shape[-1]), x)
+    return activate_(act_name, torch.addmm(b_in, x, W_in, out=hidden))
+
+
+def activate_(act_name: str, pre: Float[torch.Tensor, "rows d_mlp"]) -> torch.Tensor:
     """The MLP's activation function of ``pre``: in place for (exact) GELU, else a new tensor."""
-    if w.act_name == "gelu":
+    if act_name == "gelu":
         return torch.ops.aten.gelu_(pre)
-    return ACT2FN[w.act_name](pre)
+    return ACT2FN[act_name](pre)
 
 
 def _mlp(
@@ -1021,7 +1027,7 @@ def plan_sweep(
     variants = int(min(n_variants, max(1, left // (row * prompts))))
     if max_tensor_bytes is not None:
         widest = prompts * seq_len * max(d_mlp, 3 * n_heads * d_head) * bytes_per_element
-        variants = int(min(variants, max(1, max_tensor_bytes // widest)))
+        variants = min(variants, max(1, max_tensor_bytes // max(widest, 1)))
     return SweepPlan(prompts, variants, prompts * cache + variants * prompts * row)
 
 
@@ -1042,3 +1048,12 @@ def plan_for(
         memory_budget,
         CPU_TENSOR_BYTES if w.device.type == "cpu" else None,
     )
+
+
+def cpu_chunk_cap(device: torch.device, widest_per_unit: int, default: int) -> int:
+    """How many units (variants, senders) one chunk may batch so that its widest activation
+    (``widest_per_unit`` bytes each) stays under :data:`CPU_TENSOR_BYTES` on CPU (at least
+    one); ``default`` elsewhere."""
+    if device.type != "cpu":
+        return default
+    return max(1, CPU_TENSOR_BYTES // max(widest_per_unit, 1))

@@ -20,6 +20,11 @@ import torch
 
 HEAD_COMPONENTS: tuple[str, ...] = ("z", "q", "k", "v", "pattern")
 
+VERIFY_PROMPTS = 4
+"""Prompts a proof re-runs through the model's own forward when the metric is per-prompt (a
+:class:`circuit.metrics.LogitDiffMetric`): the hook firing, the site changing and the values
+agreeing need no more, and a bridge forward of every prompt would cost a large share of a sweep."""
+
 _HOOK_NAMES = {
     "z": "blocks.{layer}.attn.hook_z",
     "q": "blocks.{layer}.attn.hook_q",

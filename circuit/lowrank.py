@@ -147,5 +147,5 @@ def block_after_head_write(
     hidden = scratch("mlp", (n_variants * n * n_pos, w.d_mlp), z_rows)
     hidden = hidden.view(n_variants, n * n_pos, -1)
     pre = project(prepared.scaled_pre, prepared.offset_pre, prepared.through_pre, hidden)
-    hidden = activate_(w, pre.view(-1, w.d_mlp))
+    hidden = activate_(w.act_name, pre.view(-1, w.d_mlp))
     return parallel_block_sum(w, block, x_new.flatten(0, 1), z, hidden)

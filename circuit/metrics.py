@@ -84,6 +84,12 @@ class LogitDiffMetric:
             self.answers, self.clean_baseline, self.corrupted_baseline, per_prompt
         )
 
+    def for_prompts(self, count: int) -> "LogitDiffMetric":
+        """The same metric on the first ``count`` prompts, per prompt (the proofs re-run those)."""
+        return LogitDiffMetric(
+            self.answers[:count], self.clean_baseline, self.corrupted_baseline, True
+        )
+
     def from_answer_logits(
         self, answer_logits: Float[torch.Tensor, "... n 2"]
     ) -> Float[torch.Tensor, "... n"] | Float[torch.Tensor, "..."]:

@@ -41,7 +41,7 @@ changed exactly the intended site, and gives the value the fast routine reported
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
@@ -89,14 +89,6 @@ def library_equivalent(component: str, by_position: bool) -> Callable:
     from transformer_lens import patching as library
 
     return getattr(library, LIBRARY_EQUIVALENTS[(component, by_position)])
-
-
-VERIFY_PROMPTS = 4
-"""Prompts the guards re-run through the hooked model with a :class:`LogitDiffMetric`.
-
-The proof (hook fired once, site changed, nothing else changed, same per-prompt values) needs
-no more; a bridge forward of every prompt would cost as much as a fifth of a whole sweep.
-"""
 
 
 @dataclass
@@ -165,15 +157,15 @@ class _Evaluator:
     def verify_prompts(self) -> int:
         """How many (leading) prompts the guards re-run through the hooked model.
 
-        :data:`VERIFY_PROMPTS` with a per-prompt metric; every prompt with a generic callable,
-        whose value need not decompose over prompts.
+        :data:`circuit.guards.VERIFY_PROMPTS` with a per-prompt metric; every prompt with a
+        generic callable, whose value need not decompose over prompts.
         """
-        return min(self.n, VERIFY_PROMPTS) if self.fast else self.n
+        return min(self.n, guards.VERIFY_PROMPTS) if self.fast else self.n
 
     def bridge_value(self, logits: Float[torch.Tensor, "m seq vocab"]) -> torch.Tensor:
         """The metric of the hooked model's full logits for the leading ``m`` prompts."""
         if self.fast:
-            return replace(self.metric, answers=self.metric.answers[: logits.shape[0]])(logits)
+            return self.metric.for_prompts(logits.shape[0])(logits)
         return self.call(logits)
 
     def unpatched(self, w: ForwardWeights, base: RunCache) -> torch.Tensor:
@@ -285,7 +277,7 @@ def _z_shortcut(
     ``pos`` patches that one position (by-position sweep); ``None`` patches every position.
     """
     start_pos = first_diff if pos is None else pos
-    z_diff = (clean.z[layer] - base.z[layer])[:, start_pos:, heads]
+    z_diff = clean.z[layer][:, start_pos:, heads] - base.z[layer][:, start_pos:, heads]
     if pos is not None:
         z_diff[:, 1:] = 0
     return _continue_after(w, base, layer, heads, z_diff, start_pos, evaluator, next_block)

@@ -46,20 +46,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.forward import (
-    CPU_TENSOR_BYTES,
     RunCache,
     answer_logits,
+    cpu_chunk_cap,
+    hidden_units,
     logits_of,
     run_pair,
-    scratch,
     weights_of,
 )
 from circuit.guards import (
+    VERIFY_PROMPTS,
     PatchingError,
     PatchNotApplied,
     check_heads,
@@ -79,17 +79,8 @@ DEFAULT_CHUNK_BYTES = 2**30
 """Working memory one chunk of senders may use (elementwise activations, roughly)."""
 REPRODUCTION_ATOL, REPRODUCTION_RTOL = 1e-5, 1e-4
 """How far the functional run may drift from the bridge's own (hooked) output."""
-VERIFY_PROMPTS = 4
-"""Prompts re-run through the bridge's hooks to verify a logit-difference sweep."""
-
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
+_ACTIVATIONS = frozenset({"gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu"})
+"""MLP activations the fast path supports (applied as the Hugging Face model does)."""
 
 
 class PathPatchError(PatchingError):
@@ -171,7 +162,7 @@ class _Weights:
     W_U: torch.Tensor
     b_U: torch.Tensor
     eps: float
-    act: Callable[[torch.Tensor], torch.Tensor]
+    act_name: str
 
     def w(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         return {"q": (self.W_Q, self.b_Q), "k": (self.W_K, self.b_K), "v": (self.W_V, self.b_V)}[
@@ -196,7 +187,7 @@ def _weights(model: TransformerBridge) -> _Weights:
     names = ["W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O"]
     names += ["W_in", "b_in", "W_out", "b_out", "W_U", "b_U"]
     tensors = {name: getattr(model, name).detach() for name in names}
-    return _Weights(**tensors, eps=float(cfg.eps), act=_ACTIVATIONS[cfg.act_fn])
+    return _Weights(**tensors, eps=float(cfg.eps), act_name=cfg.act_fn)
 
 
 def _ln(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -256,15 +247,9 @@ def _attend(
 
 
 def _mlp(x: torch.Tensor, weights: _Weights, layer: int) -> torch.Tensor:
-    """The MLP's output for ``x`` ``[..., d_model]`` (hidden units in a reused buffer when no
-    gradient is tracked; exact GELU in place)."""
+    """The MLP's output for ``x`` ``[..., d_model]`` (see :func:`circuit.forward.hidden_units`)."""
     flat = _ln(x, weights.eps).reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled() and flat.requires_grad:
-        hidden = weights.act(torch.addmm(weights.b_in[layer], flat, weights.W_in[layer]))
-    else:
-        hidden = scratch("mlp", (flat.shape[0], weights.W_in.shape[-1]), flat)
-        torch.addmm(weights.b_in[layer], flat, weights.W_in[layer], out=hidden)
-        hidden = torch.ops.aten.gelu_(hidden) if weights.act is F.gelu else weights.act(hidden)
+    hidden = hidden_units(flat, weights.W_in[layer], weights.b_in[layer], weights.act_name)
     out = torch.addmm(weights.b_out[layer], hidden, weights.W_out[layer])
     return out.view(*x.shape[:-1], -1)
 
@@ -541,10 +526,8 @@ def _chunk_size(
     n_heads = weights.W_Q.shape[1]
     per_sender = n * seq * (8 * d_model + 2 * d_mlp + 2 * n_heads * seq + vocab) * itemsize
     size = max(1, chunk_bytes // max(per_sender, 1))
-    if weights.W_in.device.type == "cpu":
-        widest = n * seq * max(d_mlp, 3 * n_heads * weights.W_Q.shape[-1], vocab) * itemsize
-        size = min(size, max(1, CPU_TENSOR_BYTES // max(widest, 1)))
-    return size
+    widest = n * seq * max(d_mlp, 3 * n_heads * weights.W_Q.shape[-1], vocab) * itemsize
+    return min(size, cpu_chunk_cap(weights.W_in.device, widest, size))
 
 
 @torch.no_grad()
@@ -665,9 +648,7 @@ def path_patch_detailed(
             keep = min(n, VERIFY_PROMPTS)
             tokens = (tokens[0][:keep], tokens[1][:keep])
             caches = tuple({name: z[:keep] for name, z in cache.items()} for cache in caches)
-            check_metric = LogitDiffMetric(
-                metric.answers[:keep], metric.clean_baseline, metric.corrupted_baseline, True
-            )
+            check_metric = metric.for_prompts(keep)
             fast_value = per_prompt_values[flat, :keep]
         hooked = _hooked_value(
             model, tokens, caches, check_metric, plan, verified_sender, mode, weights
@@ -704,10 +685,7 @@ def _bridge_value(
     ``VERIFY_PROMPTS`` with the fast metric (prompts are independent), else on all of them."""
     if isinstance(metric, LogitDiffMetric):
         keep = min(n, VERIFY_PROMPTS)
-        few = LogitDiffMetric(
-            metric.answers[:keep], metric.clean_baseline, metric.corrupted_baseline, True
-        )
-        return few(model(tokens[:keep]))
+        return metric.for_prompts(keep)(model(tokens[:keep]))
     return _metric_value(metric, model(tokens), n, per_prompt)
 
 

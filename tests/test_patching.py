@@ -349,7 +349,7 @@ def test_bridge_proof_reruns_a_few_prompts(tiny32_six, monkeypatch):
 
     monkeypatch.setattr(guards, "verify_cell", spy)
     patch_heads(p.model, p.clean, p.corrupted, p.metric, "z")
-    rows = patching.VERIFY_PROMPTS
+    rows = guards.VERIFY_PROMPTS
     assert seen == [(rows, rows, (rows,))]
     seen.clear()
     patch_heads(p.model, p.clean, p.corrupted, _generic_metric, "z")
