@@ -1,9 +1,15 @@
-"""Root conftest: offline defaults, the circuit-claims pytest plugin, hypothesis profiles."""
+"""Root conftest: offline defaults, the circuit-claims pytest plugin, hypothesis profiles.
+
+The Hugging Face libraries run offline unless ``CIRCUIT_ALLOW_DOWNLOAD=1`` asks for downloads
+(``circuit.models``: a hub name not in the local cache is then fetched, after a quick check
+that the hub can be reached).
+"""
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("CIRCUIT_ALLOW_DOWNLOAD") != "1":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from hypothesis import HealthCheck, settings

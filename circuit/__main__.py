@@ -1,7 +1,9 @@
-"""``python -m circuit``: summarise a syllogism dataset on a model.
+"""``python -m circuit``: summarise a syllogism dataset on a model, or calibrate the rule.
 
-Example: ``python -m circuit --model bundled --variant study``. Claims are judged by
-``pytest claims`` (see README).
+Examples: ``python -m circuit --model bundled --variant study``;
+``python -m circuit calibrate --model random:bundled --seeds 10 --claims-per-kind 200``
+(false CONFIRMED rates of the verdict rule on random weights, and its false discovery rate on
+simulated data). Claims are judged by ``pytest claims`` (see README).
 """
 
 import argparse
@@ -14,6 +16,9 @@ from circuit.syllogisms import VARIANTS, DatasetError, build_dataset
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, build the dataset, print its table; 2 on a usage error."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["calibrate"]:
+        return calibrate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m circuit", description=__doc__)
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--revision", default=None)
@@ -30,6 +35,60 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary_table(dataset, baselines(model, dataset)))
     return 0
+
+
+def calibrate_main(argv: list[str]) -> int:
+    """``calibrate``: random-model false CONFIRMED table and the simulated FDR; 1 if either
+    fails (any CONFIRMED on random weights, or FDR above alpha), 2 on a usage error."""
+    from circuit.calibration import KINDS_CALIBRATED, calibrate_random_models, simulate_fdr
+    from circuit.claims import ClaimFileError, load_claim_file
+    from circuit.statistics import VerdictSettings
+
+    parser = argparse.ArgumentParser(prog="python -m circuit calibrate")
+    parser.add_argument("--model", default="random:bundled", help="random:<shape>")
+    parser.add_argument("--seeds", type=int, default=10, help="number of random models")
+    parser.add_argument("--claims", action="append", default=[], help="claim file(s)")
+    parser.add_argument("--claims-per-kind", type=int, default=200)
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS_CALIBRATED))
+    parser.add_argument("--n-pairs", type=int, default=56)
+    parser.add_argument("--simulate-runs", type=int, default=100, help="0 skips the FDR run")
+    args = parser.parse_args(argv)
+    if not args.model.startswith("random:") or args.model.count(":") != 1:
+        parser.error(f"--model must be random:<shape> (seeds come from --seeds), got {args.model}")
+    if args.seeds < 1 or args.claims_per_kind < 1 or args.simulate_runs < 0:
+        parser.error("--seeds and --claims-per-kind must be >= 1, --simulate-runs >= 0")
+    try:
+        files = [load_claim_file(path) for path in args.claims]
+    except ClaimFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = VerdictSettings()
+    shape = args.model.removeprefix("random:")
+    try:
+        report = calibrate_random_models(
+            shape,
+            list(range(args.seeds)),
+            args.claims_per_kind,
+            kinds=args.kinds,
+            claim_files=files,
+            n_pairs=args.n_pairs,
+            settings=settings,
+            progress=lambda line: print(f"[calibrate] {line}", file=sys.stderr),
+        )
+    except (ModelSpecError, ModelUnavailableError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Random-weight models: {', '.join(report.models)}")
+    print(report.table())
+    for tally in report.tallies.values():
+        for line in tally.examples:
+            print(f"  {line}")
+    failed = report.false_confirmed() > 0
+    if args.simulate_runs:
+        result = simulate_fdr(runs=args.simulate_runs, settings=settings)
+        print(f"Simulated null ensemble: {result.text()}")
+        failed |= result.fdr > settings.alpha
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -77,22 +77,28 @@ def _scaled(
 
 
 def _position(position: int, seq: int) -> int:
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise guards.PatchingError(f"position must be an integer, got {position!r}")
     pos = position + seq if position < 0 else position
     if not 0 <= pos < seq:
         raise guards.PatchingError(f"position {position} out of range for {seq} tokens")
     return pos
 
 
-def _check_answers(tokens: torch.Tensor, answers: torch.Tensor) -> None:
-    if tokens.ndim != 2 or tokens.dtype != torch.long:
+def _check_answers(
+    model: torch.nn.Module, tokens: torch.Tensor, answers: torch.Tensor, routine: str
+) -> None:
+    guards.check_model(model, routine)
+    d_vocab = int(model.cfg.d_vocab)
+    if not isinstance(tokens, torch.Tensor):
+        raise guards.PatchingError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+    if tokens.ndim != 2 or tokens.dtype != torch.long or tokens.numel() == 0:
         raise guards.PatchingError(
-            f"tokens must be a 2-D LongTensor [n, seq], got {tokens.dtype} of shape "
+            f"tokens must be a non-empty 2-D LongTensor [n, seq], got {tokens.dtype} of shape "
             f"{tuple(tokens.shape)}"
         )
-    if answers.shape != (tokens.shape[0], 2):
-        raise guards.PatchingError(
-            f"answers must be [n, 2] = [{tokens.shape[0]}, 2], got {tuple(answers.shape)}"
-        )
+    guards.check_token_ids(tokens, d_vocab, "tokens")
+    guards.check_answers(answers, tokens.shape[0], d_vocab)
 
 
 def head_outputs(
@@ -112,7 +118,7 @@ def logit_attribution(
 
     ``position`` is the query position (the final one by default, where the metric reads).
     """
-    _check_answers(tokens, answers)
+    _check_answers(model, tokens, answers, "logit_attribution")
     with torch.inference_mode():
         w = weights_of(model)
         cache = run(w, tokens, keep={"z", "mlp_out"})
@@ -166,25 +172,25 @@ def word_mover_profile(
     model: torch.nn.Module,
     tokens: Int[torch.Tensor, "n seq"],
     answers: Int[torch.Tensor, "n 2"],
-    heads: Sequence[tuple[int, int]],
+    heads: Sequence[tuple[int, int] | object],
     right_position: int,
     wrong_position: int | None = None,
     query_position: int = -1,
 ) -> WordMoverProfile:
     """Attention to role positions and answer-direction writes of ``heads`` (see the class).
 
+    ``heads``: ``(layer, head)`` pairs, :class:`circuit.claims.Head` objects or ``"L3H6"``.
     Positions are token indices shared by every prompt; pass a dataset's roles, e.g.
     ``dataset.roles["descriptor"]`` and ``dataset.roles["opposite"]``, never literal indices.
     """
-    _check_answers(tokens, answers)
+    _check_answers(model, tokens, answers, "word_mover_profile")
     seq = tokens.shape[1]
     query = _position(query_position, seq)
     right = _position(right_position, seq)
     wrong = None if wrong_position is None else _position(wrong_position, seq)
     with torch.inference_mode():
         w = weights_of(model)
-        heads = [tuple(h) for h in heads]
-        guards.check_heads(heads, w.n_layers, w.n_heads)
+        heads = guards.as_heads(heads, w.n_layers, w.n_heads)
         cache = run(w, tokens, keep={"z", "pattern"})
         layers = torch.tensor([h[0] for h in heads], device=w.device)
         index = torch.tensor([h[1] for h in heads], device=w.device)

@@ -27,6 +27,7 @@ Which head lists, roles and thresholds a kind needs is declared in :data:`KIND_S
 :class:`ClaimFileError` naming the file, the claim id (when there is one) and the reason.
 """
 
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -36,7 +37,7 @@ from types import MappingProxyType
 from typing import Any
 
 from circuit.dataset import ROLE_NAMES
-from circuit.statistics import VerdictSettings
+from circuit.statistics import MIN_HEAD_SHARE, VerdictSettings
 
 VARIANTS: tuple[str, ...] = ("study", "unfiltered", "heldout")
 """Dataset variants ``circuit.syllogisms.build_dataset`` knows."""
@@ -69,21 +70,36 @@ class KindSchema:
     integer_thresholds: tuple[str, ...] = ()
     optional_thresholds: tuple[str, ...] = ()
     """Thresholds whose check runs only when the claim states them."""
+    options: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    """Further claim fields (e.g. ``ablation``) and their allowed values; a list value is
+    allowed when each of its items is (``positions = ["descriptor"]``)."""
+    required_options: tuple[str, ...] = ()
 
+
+ABLATION_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "ablation": ("mean", "resample", "zero"),
+        "ablation_source": ("clean", "corrupted"),
+        "positions": ("all", *ROLE_NAMES),
+    }
+)
+"""Options of the faithfulness kinds (docs/ablations.md): how heads are ablated, the prompts
+the values come from (not for ``zero``; required otherwise) and where (default: all)."""
 
 KIND_SCHEMAS: Mapping[str, KindSchema] = MappingProxyType(
     {
         "word-movers": KindSchema(
             heads=("heads",),
             roles=("attends_to",),
-            thresholds=("share", "top_k"),
+            thresholds=("share",),
             integer_thresholds=("top_k",),
-            optional_thresholds=("spearman",),
+            optional_thresholds=("top_k", "spearman", "min_head_share"),
         ),
         "value-position": KindSchema(
             heads=("heads",),
             roles=("position",),
             thresholds=("share",),
+            optional_thresholds=("min_head_effect",),
         ),
         "query-influencers": KindSchema(
             heads=("heads", "receivers"),
@@ -91,6 +107,20 @@ KIND_SCHEMAS: Mapping[str, KindSchema] = MappingProxyType(
             thresholds=("top_k", "effect"),
             integer_thresholds=("top_k",),
         ),
+        **{
+            kind: KindSchema(
+                heads=("heads",),
+                roles=(),
+                thresholds=(threshold,),
+                options=ABLATION_OPTIONS,
+                required_options=("ablation",),
+            )
+            for kind, threshold in (
+                ("sufficiency", "recovered"),
+                ("necessity", "drop"),
+                ("minimality", "loss"),
+            )
+        },
     }
 )
 """The claim kinds and the fields each requires."""
@@ -127,6 +157,10 @@ class Claim:
     thresholds: Mapping[str, float]
     variants: tuple[str, ...]
     description: str = ""
+    options: Mapping[str, str | tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """The kind's further fields (see :attr:`KindSchema.options`), as stated."""
 
     @property
     def primary_heads(self) -> tuple[Head, ...]:
@@ -213,9 +247,64 @@ def _parse_verdict(raw: Mapping[str, Any], ctx: _Context) -> VerdictSettings:
     if unknown:
         raise ctx.error(f"[verdict] has unknown keys {sorted(unknown)}; known: {sorted(known)}")
     try:
-        return VerdictSettings(**table)
+        settings = VerdictSettings(**table)
     except (TypeError, ValueError) as exc:
         raise ctx.error(f"[verdict] is invalid: {exc}") from None
+    defaults = VerdictSettings()
+    for name in FLOORS:
+        if getattr(settings, name) < getattr(defaults, name):
+            raise ctx.error(
+                f"[verdict] {name} = {getattr(settings, name):g} lowers the rule's floor "
+                f"({getattr(defaults, name):g}): a claim file may raise a floor, never lower it"
+            )
+    return settings
+
+
+FLOORS: tuple[str, ...] = ("min_clusters", "min_gap", "min_head_share", "min_head_effect")
+"""Verdict settings a claim file may raise but not lower (they guard against false CONFIRMED)."""
+
+
+@dataclass(frozen=True)
+class ThresholdRange:
+    """The values a threshold may take: ``low``..``high``, each end open or closed."""
+
+    low: float
+    high: float
+    meaning: str
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open or self.high == math.inf else "]"
+        return f"{left}{self.low:g}, {self.high:g}{right}"
+
+
+THRESHOLD_RANGES: Mapping[str, ThresholdRange] = MappingProxyType(
+    {
+        "share": ThresholdRange(0.0, 1.0, "a fraction of the effect", low_open=True),
+        "effect": ThresholdRange(0.0, 1.0, "a fraction of the clean-corrupted gap", low_open=True),
+        "spearman": ThresholdRange(-1.0, 1.0, "a rank correlation"),
+        "recovered": ThresholdRange(
+            0.0, 1.0, "a fraction of the clean-corrupted gap kept", low_open=True
+        ),
+        "drop": ThresholdRange(0.0, 1.0, "a fraction of the clean-corrupted gap", low_open=True),
+        "loss": ThresholdRange(0.0, 1.0, "a fraction of the clean-corrupted gap", low_open=True),
+        "top_k": ThresholdRange(1.0, math.inf, "a number of heads"),
+        "min_head_share": ThresholdRange(
+            MIN_HEAD_SHARE, 1.0, "each head's share of the logit diff, at least the rule's floor"
+        ),
+        "min_head_effect": ThresholdRange(
+            MIN_HEAD_SHARE, 1.0, "each head's share of the gap, at least the rule's floor"
+        ),
+    }
+)
+"""Allowed values of each threshold (any threshold must also be finite); add new ones here."""
 
 
 def _parse_claim(raw: object, index: int, recipe: DatasetRecipe, path: Path) -> Claim:
@@ -230,6 +319,7 @@ def _parse_claim(raw: object, index: int, recipe: DatasetRecipe, path: Path) -> 
         raise ctx.error(f"unknown kind {kind!r}; known kinds: {sorted(KIND_SCHEMAS)}")
     schema = KIND_SCHEMAS[kind]
     allowed = {"id", "kind", "roles", "thresholds", "variants", "description", *schema.heads}
+    allowed |= set(schema.options)
     unknown = set(raw) - allowed
     if unknown:
         raise ctx.error(f"unknown keys {sorted(unknown)} for kind {kind!r}")
@@ -269,11 +359,20 @@ def _parse_claim(raw: object, index: int, recipe: DatasetRecipe, path: Path) -> 
             raise ctx.error(f"threshold {name!r} must be a number, got {value!r}")
         if name in schema.integer_thresholds and (not isinstance(value, int) or value < 1):
             raise ctx.error(f"threshold {name!r} must be a positive integer, got {value!r}")
+        if not math.isfinite(value):
+            raise ctx.error(f"threshold {name!r} must be a finite number, got {value!r}")
+        allowed_range = THRESHOLD_RANGES.get(name)
+        if allowed_range is not None and not allowed_range.admits(value):
+            raise ctx.error(
+                f"threshold {name!r} = {value!r} is impossible: {name} is "
+                f"{allowed_range.meaning}, in {allowed_range}"
+            )
 
     variants = _variants(raw["variants"], ctx, "variants") if "variants" in raw else recipe.variants
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ctx.error("description must be a string")
+    options = _parse_options(raw, schema, ctx)
     claim = Claim(
         id=claim_id,
         kind=kind,
@@ -282,9 +381,38 @@ def _parse_claim(raw: object, index: int, recipe: DatasetRecipe, path: Path) -> 
         thresholds=MappingProxyType({k: float(v) for k, v in thresholds.items()}),
         variants=variants,
         description=description,
+        options=options,
     )
     _check_kind_consistency(claim, ctx)
     return claim
+
+
+def _parse_options(
+    raw: Mapping[str, Any], schema: KindSchema, ctx: _Context
+) -> Mapping[str, str | tuple[str, ...]]:
+    """The kind's option fields, each a string or a non-empty list of distinct strings."""
+    missing = [name for name in schema.required_options if name not in raw]
+    if missing:
+        raise ctx.error(f"missing field(s) {missing}; allowed values: {dict(schema.options)}")
+    options: dict[str, str | tuple[str, ...]] = {}
+    for name, allowed in schema.options.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        items = value if isinstance(value, list) and name == "positions" else [value]
+        if isinstance(value, list) and "all" in value:
+            items = []
+        if (
+            not items
+            or not all(isinstance(v, str) and v in allowed for v in items)
+            or len(set(items)) != len(items)
+        ):
+            raise ctx.error(
+                f"{name} = {value!r} is not allowed: give one of {list(allowed)}"
+                + (" or a list of distinct ones" if name == "positions" else "")
+            )
+        options[name] = tuple(items) if isinstance(value, list) else value
+    return MappingProxyType(options)
 
 
 def _check_kind_consistency(claim: Claim, ctx: _Context) -> None:
@@ -305,6 +433,14 @@ def _check_kind_consistency(claim: Claim, ctx: _Context) -> None:
             raise ctx.error(
                 f"sender(s) {late} are not before the last receiver layer {last}: no path exists"
             )
+    method = claim.options.get("ablation")
+    if method in ("mean", "resample") and "ablation_source" not in claim.options:
+        raise ctx.error(
+            f"ablation = {method!r} needs ablation_source ('clean' or 'corrupted'): the prompts "
+            "its values come from"
+        )
+    if method == "zero" and "ablation_source" in claim.options:
+        raise ctx.error("ablation = 'zero' takes no ablation_source")
     if claim.kind == "value-position" or claim.kind == "word-movers":
         share = claim.thresholds["share"]
         if not 0 < share <= 1:

@@ -36,6 +36,9 @@ class SyllogismDataset:
     prompt's descriptor and opposite, so the corrupted prompt's right answer is
     ``answers[i, 1]``. ``roles[name]`` is the position (same for every prompt) of the role's
     first token: ``descriptor`` is the descriptor's first token, ``final`` the last position.
+    ``factors[name][i]`` is prompt ``i``'s level of each generating factor (``pair``: the
+    unordered descriptor pair, ``category``, ``noun``); a prompt and its twin share every
+    level. The verdict rule resamples and permutes whole levels, never single prompts.
     """
 
     variant: str
@@ -47,6 +50,7 @@ class SyllogismDataset:
     answers: Int[torch.Tensor, "n 2"]
     roles: dict[str, int]
     filters: list[FilterReport] = field(default_factory=list)
+    factors: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)

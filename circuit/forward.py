@@ -205,6 +205,11 @@ def weights_of(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Forw
     The bridge must be in compatibility mode with folded LayerNorm (``circuit.models.load_model``
     does this). ``dtype`` defaults to the bridge's own dtype.
     """
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "cfg"):
+        raise ForwardError(
+            f"model must be a TransformerBridge (circuit.models.load_model), got "
+            f"{type(model).__name__}"
+        )
     cfg = model.cfg
     if getattr(cfg, "positional_embedding_type", "rotary") != "rotary":
         raise ForwardError(
@@ -853,10 +858,16 @@ def run(
     ``keep`` limits the stored sites (of :data:`SITES`; ``resid_pre``, ``resid_final`` and
     ``scale_final`` are always kept, the others are ``None``) to save memory.
     """
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype != torch.long:
+        what = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else ""
+        raise ForwardError(f"tokens must be a 2-D LongTensor [n, pos], got {what or tokens!r}")
     tokens = tokens.to(w.device)
     seq_len = tokens.shape[1]
     if seq_len > w.n_ctx:
         raise ForwardError(f"sequence length {seq_len} exceeds the context {w.n_ctx}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= w.d_vocab):
+        bad = int(tokens[(tokens < 0) | (tokens >= w.d_vocab)][0])
+        raise ForwardError(f"tokens hold id {bad}: ids must lie in [0, {w.d_vocab})")
     kept = set(SITES) if keep is None else set(keep) - {"resid_pre"}
     if not kept <= set(SITES):
         raise ForwardError(f"unknown sites to keep: {sorted(kept - set(SITES))}")
@@ -981,9 +992,17 @@ def plan_chunk_rows(
 
     Always at least 1; a single variant over budget still runs (the budget is then exceeded).
     """
+    _check_budget(memory_budget)
     per_variant = bytes_per_row(w, seq_len) * rows_per_variant
     fit = max(1, memory_budget // max(per_variant, 1))
     return int(fit if max_variants is None else min(fit, max_variants))
+
+
+def _check_budget(memory_budget: object) -> None:
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
+        raise ForwardError(
+            f"memory_budget must be a positive integer (bytes), got {memory_budget!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -1020,6 +1039,7 @@ def plan_sweep(
     that its widest activation (``rows x seq_len x max(d_mlp, 3 * n_heads * d_head)``) stays
     under it (see :data:`CPU_TENSOR_BYTES`); a single variant always runs.
     """
+    _check_budget(memory_budget)
     row = activation_bytes_per_row(d_model, n_heads, d_head, d_mlp, seq_len, bytes_per_element)
     cache = 2 * run_cache_bytes(n_layers, d_model, n_heads, d_head, 1, seq_len, bytes_per_element)
     prompts = int(min(n, max(1, memory_budget // (cache + row))))

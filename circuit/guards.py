@@ -13,10 +13,14 @@ independent of :mod:`circuit.forward`, and prove that
 * the bridge's patched metric equals the fast routine's value for that cell.
 """
 
+import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from circuit.metrics import MetricError
 
 HEAD_COMPONENTS: tuple[str, ...] = ("z", "q", "k", "v", "pattern")
 
@@ -24,6 +28,9 @@ VERIFY_PROMPTS = 4
 """Prompts a proof re-runs through the model's own forward when the metric is per-prompt (a
 :class:`circuit.metrics.LogitDiffMetric`): the hook firing, the site changing and the values
 agreeing need no more, and a bridge forward of every prompt would cost a large share of a sweep."""
+
+HEAD_TEXT = re.compile(r"^L(\d+)H(\d+)$")
+"""A head written as text, ``L<layer>H<head>`` (the claim files' notation)."""
 
 _HOOK_NAMES = {
     "z": "blocks.{layer}.attn.hook_z",
@@ -43,10 +50,55 @@ class PatchNotApplied(PatchingError):
     """A patch's proof failed: the hook did not fire or changed the wrong activations."""
 
 
+def _describe(value: object) -> str:
+    """A short ``repr`` for messages (tensors by dtype and shape, long values cut)."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_model(model: object, routine: str) -> None:
+    """``model`` is a loaded model (a ``TransformerBridge`` from ``circuit.models.load_model``)."""
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "cfg"):
+        raise PatchingError(
+            f"{routine}: model must be a TransformerBridge (circuit.models.load_model), got "
+            f"{type(model).__name__}"
+        )
+
+
+def check_flag(value: object, name: str) -> None:
+    """``value`` is a bool (``per_prompt``, ``by_position``, ``verify``)."""
+    if not isinstance(value, bool):
+        raise PatchingError(f"{name} must be True or False, got {_describe(value)}")
+
+
+def check_positive_int(value: object, name: str, unit: str = "bytes") -> int:
+    """``value`` is an integer >= 1 (a memory budget, a chunk size); returns it as an int."""
+    number = _index(value)
+    if number is None or number < 1:
+        raise PatchingError(f"{name} must be a positive integer ({unit}), got {_describe(value)}")
+    return number
+
+
+def _index(value: object) -> int | None:
+    """``value`` as an int when it is an integer (not a bool, not a float), else None."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def check_tokens(
-    clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, n_ctx: int | None = None
+    clean_tokens: torch.Tensor,
+    corrupted_tokens: torch.Tensor,
+    n_ctx: int | None = None,
+    d_vocab: int | None = None,
 ) -> None:
-    """Clean and corrupted tokens are equal-shape, non-empty 2-D LongTensors."""
+    """Clean and corrupted tokens are equal-shape, non-empty 2-D LongTensors of ids in
+    ``[0, d_vocab)`` (when ``d_vocab`` is given)."""
     for name, tokens in (("clean_tokens", clean_tokens), ("corrupted_tokens", corrupted_tokens)):
         if not isinstance(tokens, torch.Tensor):
             raise PatchingError(f"{name} must be a torch.Tensor, got {type(tokens).__name__}")
@@ -57,6 +109,8 @@ def check_tokens(
             )
         if tokens.numel() == 0:
             raise PatchingError(f"{name} is empty: shape {tuple(tokens.shape)}")
+        if d_vocab is not None:
+            check_token_ids(tokens, d_vocab, name)
     if clean_tokens.shape != corrupted_tokens.shape:
         raise PatchingError(
             f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
@@ -68,9 +122,88 @@ def check_tokens(
         )
 
 
+def check_token_ids(tokens: torch.Tensor, d_vocab: int, name: str) -> None:
+    """Every id of an integer tensor lies in ``[0, d_vocab)`` (no negative ids: they would
+    index from the end of the vocabulary)."""
+    bad = (tokens < 0) | (tokens >= d_vocab)
+    if bool(bad.any()):
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        value = int(tokens[where])
+        raise PatchingError(
+            f"{name} holds token id {value} at {list(where)}: ids must lie in [0, {d_vocab}) "
+            f"(the model's vocabulary)"
+        )
+
+
+def check_answers(answers: object, n: int, d_vocab: int | None, name: str = "answers") -> None:
+    """``answers`` is an integer ``[n, 2]`` tensor of (right, wrong) token ids in the vocabulary."""
+    if not isinstance(answers, torch.Tensor):
+        raise PatchingError(f"{name} must be a torch.Tensor [n, 2], got {type(answers).__name__}")
+    if answers.dtype != torch.long:
+        raise PatchingError(
+            f"{name} must be a LongTensor of token ids, got {answers.dtype} (float or bool ids "
+            "cannot index the vocabulary)"
+        )
+    if tuple(answers.shape) != (n, 2):
+        raise PatchingError(f"{name} must be [n, 2] = [{n}, 2], got {tuple(answers.shape)}")
+    if d_vocab is not None:
+        check_token_ids(answers, d_vocab, name)
+
+
+def as_head(item: object) -> tuple[int, int]:
+    """One head in any of the project's notations as ``(layer, head)``: a pair of ints, an
+    object with ``layer`` and ``head`` (:class:`circuit.claims.Head`), or ``"L3H6"``."""
+    if isinstance(item, str):
+        match = HEAD_TEXT.match(item.strip())
+        if match is None:
+            raise PatchingError(f"head {item!r} is not of the form 'L<layer>H<head>' (e.g. 'L3H6')")
+        return int(match.group(1)), int(match.group(2))
+    if hasattr(item, "layer") and hasattr(item, "head") and not isinstance(item, tuple | list):
+        pair = (_index(item.layer), _index(item.head))  # type: ignore[attr-defined]
+    elif isinstance(item, tuple | list) and len(item) == 2:
+        pair = (_index(item[0]), _index(item[1]))
+    else:
+        raise PatchingError(
+            f"head {item!r} is not a (layer, head) pair, a Head or a string like 'L3H6'"
+        )
+    if pair[0] is None or pair[1] is None:
+        raise PatchingError(f"head {item!r}: layer and head must be integers")
+    return pair[0], pair[1]
+
+
+def as_heads(
+    heads: object, n_layers: int, n_heads: int, name: str = "heads"
+) -> list[tuple[int, int]]:
+    """A non-empty list of in-range, distinct heads as ``(layer, head)`` pairs, from any of the
+    project's notations (see :func:`as_head`); a lone ``Head`` or ``"L3H6"`` is one head."""
+    if isinstance(heads, str) or (hasattr(heads, "layer") and hasattr(heads, "head")):
+        heads = [heads]
+    if isinstance(heads, torch.Tensor):
+        heads = heads.tolist()
+    try:
+        items = list(heads)  # type: ignore[call-overload]
+    except TypeError:
+        raise PatchingError(
+            f"{name} must be a list of heads like [(3, 6)], ['L3H6'] or [Head(3, 6)], got "
+            f"{_describe(heads)}"
+        ) from None
+    if not items:
+        raise PatchingError(f"the head list is empty ({name} is empty): name at least one head")
+    parsed = [as_head(item) for item in items]
+    for layer, head in parsed:
+        check_layer(layer, n_layers)
+        if not 0 <= head < n_heads:
+            raise PatchingError(
+                f"head {head!r} of layer {layer} out of range: the model has {n_heads} heads"
+            )
+    if len(set(parsed)) != len(parsed):
+        raise PatchingError(f"repeated heads in {name}: {[f'L{a}H{b}' for a, b in parsed]}")
+    return parsed
+
+
 def check_component(component: str, allowed: Sequence[str] = HEAD_COMPONENTS) -> None:
     """``component`` is one of ``allowed``."""
-    if component not in allowed:
+    if not isinstance(component, str) or component not in allowed:
         raise PatchingError(f"unknown component {component!r}; expected one of {tuple(allowed)}")
 
 
@@ -80,26 +213,23 @@ def check_layer(layer: int, n_layers: int) -> None:
         raise PatchingError(f"layer {layer!r} out of range: the model has {n_layers} layers")
 
 
-def check_heads(heads: Sequence[tuple[int, int]], n_layers: int, n_heads: int) -> None:
-    """``heads`` is a non-empty list of in-range ``(layer, head)`` pairs without repeats."""
-    if len(heads) == 0:
-        raise PatchingError("the head list is empty")
-    for item in heads:
-        if not isinstance(item, tuple | list) or len(item) != 2:
-            raise PatchingError(f"head {item!r} is not a (layer, head) pair")
-        layer, head = item
-        check_layer(layer, n_layers)
-        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n_heads:
-            raise PatchingError(
-                f"head {head!r} of layer {layer} out of range: the model has {n_heads} heads"
-            )
-    if len({tuple(h) for h in heads}) != len(heads):
-        raise PatchingError(f"repeated heads in {list(heads)}")
+def check_heads(
+    heads: Sequence[object], n_layers: int, n_heads: int, name: str = "heads"
+) -> list[tuple[int, int]]:
+    """:func:`as_heads`: the heads as in-range, distinct ``(layer, head)`` pairs."""
+    return as_heads(heads, n_layers, n_heads, name)
 
 
 def check_metric_output(value: torch.Tensor, per_prompt: bool, n: int) -> torch.Tensor:
     """A metric returned a scalar (or ``[n]`` when ``per_prompt``); raise otherwise."""
-    value = torch.as_tensor(value)
+    if value is None:
+        raise PatchingError("the metric returned None; expected a tensor")
+    try:
+        value = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise PatchingError(
+            f"the metric returned {type(value).__name__}; expected a tensor"
+        ) from None
     expected: tuple[int, ...] = (n,) if per_prompt else ()
     if tuple(value.shape) != expected:
         want = f"a [n] = [{n}] tensor" if per_prompt else "a scalar"
@@ -108,6 +238,41 @@ def check_metric_output(value: torch.Tensor, per_prompt: bool, n: int) -> torch.
             + (" (per_prompt=True needs per-prompt values)" if per_prompt else "")
         )
     return value
+
+
+def check_finite(
+    values: torch.Tensor,
+    describe_cell: Callable[[tuple[int, ...]], str],
+    prompt_axis: bool,
+    first_prompt: int = 0,
+    n_prompts: int | None = None,
+) -> None:
+    """Every metric value of a sweep is finite; else a :class:`circuit.metrics.MetricError`
+    naming the first bad cell and its prompts.
+
+    ``values`` is ``[*cells, n]`` when ``prompt_axis`` (prompt ``first_prompt + i`` at
+    ``[..., i]``), else ``[*cells]`` (a batch-mean metric of ``n_prompts`` prompts);
+    ``describe_cell`` names a cell from its index.
+    """
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero()[0].tolist()
+    if prompt_axis:
+        cell = tuple(bad[:-1])
+        row = (~finite)[cell]
+        prompts = [first_prompt + int(i) for i in row.nonzero().flatten()[:8]]
+        more = int(row.sum()) - len(prompts)
+        where = f"prompt(s) {prompts}" + (f" and {more} more" if more > 0 else "")
+    else:
+        cell = tuple(bad)
+        span = "" if n_prompts is None else f" {first_prompt}..{first_prompt + n_prompts - 1}"
+        where = f"the batch of prompts{span} (a batch-mean metric)"
+    value = float(values[tuple(bad)])
+    raise MetricError(
+        f"the metric returned {value} for {describe_cell(cell)} on {where}: metric values "
+        "must be finite (check the metric and the model's weights)"
+    )
 
 
 @dataclass(frozen=True)

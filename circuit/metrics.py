@@ -4,6 +4,8 @@ Shapes: ``n`` prompts, ``seq`` positions, ``vocab`` logits. ``answers`` is a Lon
 ``[n, 2]`` holding, per prompt, the right and the wrong answer token.
 """
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +19,43 @@ class MetricError(ValueError):
     """A metric cannot be computed from the given inputs."""
 
 
+def check_answer_ids(answers: object, name: str = "answers") -> None:
+    """``answers`` is an integer ``[n, 2]`` tensor of non-negative token ids."""
+    if not isinstance(answers, torch.Tensor):
+        raise MetricError(f"{name} must be a torch.Tensor [n, 2], got {type(answers).__name__}")
+    if answers.dtype != torch.long:
+        raise MetricError(
+            f"{name} must be a LongTensor of token ids, got {answers.dtype} (float or bool ids "
+            "cannot index the vocabulary)"
+        )
+    if answers.ndim != 2 or answers.shape[1] != 2:
+        raise MetricError(f"{name} must be [n, 2], got {tuple(answers.shape)}")
+    if answers.numel() and int(answers.min()) < 0:
+        where = [int(i) for i in (answers < 0).nonzero()[0]]
+        raise MetricError(
+            f"{name} holds token id {int(answers[tuple(where)])} at {where}: token ids must be "
+            ">= 0 (a negative id would index from the end of the vocabulary)"
+        )
+
+
+def _check_vocab(answers: torch.Tensor, vocab: int, name: str = "answers") -> None:
+    if answers.numel() and int(answers.max()) >= vocab:
+        where = [int(i) for i in (answers >= vocab).nonzero()[0]]
+        raise MetricError(
+            f"{name} holds token id {int(answers[tuple(where)])} at {where}, outside the "
+            f"vocabulary of {vocab} logits"
+        )
+
+
 def final_answer_logits(
     logits: Float[torch.Tensor, "n seq vocab"] | Float[torch.Tensor, "n vocab"],
     answers: Int[torch.Tensor, "n 2"],
 ) -> Float[torch.Tensor, "n 2"]:
     """The logits of the right and wrong answer at the final position."""
+    check_answer_ids(answers)
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        what = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise MetricError(f"logits must be a floating-point tensor, got {what}")
     if logits.ndim == 3:
         logits = logits[:, -1, :]
     if logits.ndim != 2 or logits.shape[0] != answers.shape[0]:
@@ -30,6 +64,7 @@ def final_answer_logits(
             f"{tuple(answers.shape)}: expected [n, seq, vocab] or [n, vocab] with n = "
             f"{answers.shape[0]}"
         )
+    _check_vocab(answers, logits.shape[-1])
     return logits.gather(1, answers.to(logits.device))
 
 
@@ -60,10 +95,21 @@ class LogitDiffMetric:
     per_prompt: bool = False
 
     def __post_init__(self) -> None:
-        if self.answers.ndim != 2 or self.answers.shape[1] != 2:
-            raise MetricError(f"answers must be [n, 2], got {tuple(self.answers.shape)}")
+        check_answer_ids(self.answers)
         if (self.clean_baseline is None) != (self.corrupted_baseline is None):
             raise MetricError("give both baselines or neither")
+        for name in ("clean_baseline", "corrupted_baseline"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real | torch.Tensor):
+                raise MetricError(f"{name} must be a number, got {value!r}")
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                raise MetricError(f"{name} must be a number, got a tensor of {value.numel()}")
+            if not math.isfinite(float(value)):
+                raise MetricError(f"{name} must be finite, got {float(value)}")
+        if not isinstance(self.per_prompt, bool):
+            raise MetricError(f"per_prompt must be True or False, got {self.per_prompt!r}")
         if self.normalised:
             gap = abs(float(self.clean_baseline) - float(self.corrupted_baseline))
             if gap < MIN_BASELINE_GAP:

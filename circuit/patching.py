@@ -392,15 +392,17 @@ def _sweep(
     memory_budget: int,
     body: Callable[[ForwardWeights, RunCache, RunCache, _Evaluator, int], torch.Tensor],
     verify: Callable[[ForwardWeights, RunCache, RunCache, _Evaluator, torch.Tensor], None] | None,
+    describe_cell: Callable[[tuple[int, ...]], str],
 ) -> torch.Tensor:
     """Run ``body(w, clean, base, evaluator, variants_per_forward)`` over prompt chunks.
 
     With a :class:`LogitDiffMetric` the prompts are split as :func:`circuit.forward.plan_sweep`
     says (per-prompt values are independent; their mean is the batch metric); a generic metric
     sees all prompts at once. Values come back with the prompt axis last (or reduced).
+    ``describe_cell`` names a cell of ``body``'s result (for an error on a non-finite value).
     """
     w = weights_of(model)
-    guards.check_tokens(clean_tokens, corrupted_tokens, w.n_ctx)
+    guards.check_tokens(clean_tokens, corrupted_tokens, w.n_ctx, w.d_vocab)
     n, seq = clean_tokens.shape
     fast = isinstance(metric, LogitDiffMetric)
     if fast and metric.answers.shape[0] != n:
@@ -421,6 +423,7 @@ def _sweep(
         clean, base = run_pair(w, clean_tokens[rows], corrupted_tokens[rows], keep_clean, keep_base)
         evaluator = _Evaluator(w, chunk_metric, per_prompt, base)
         values = body(w, clean, base, evaluator, plan.variants)
+        guards.check_finite(values, describe_cell, evaluator.per_prompt, first, evaluator.n)
         if verify is not None and first == 0:
             verify(w, clean, base, evaluator, values)
         parts.append(values)
@@ -428,6 +431,25 @@ def _sweep(
     if fast and not per_prompt:
         values = values.mean(dim=-1)
     return values.movedim(-1, 0) if per_prompt else values
+
+
+def _check_arguments(
+    routine: str, model: object, metric: object, memory_budget: object, **flags: object
+) -> None:
+    """One-line errors for a patching call's model, metric, budget and flags (before any work);
+    the tokens are checked against the model's vocabulary and context in :func:`_sweep`."""
+    guards.check_model(model, routine)
+    if isinstance(metric, LogitDiffMetric):
+        d_vocab = getattr(model.cfg, "d_vocab", None)  # type: ignore[attr-defined]
+        guards.check_answers(metric.answers, metric.answers.shape[0], d_vocab, "metric answers")
+    elif not callable(metric):
+        raise PatchingError(
+            f"{routine}: metric must be a LogitDiffMetric or a callable on logits, got "
+            f"{type(metric).__name__}"
+        )
+    guards.check_positive_int(memory_budget, "memory_budget")
+    for name, value in flags.items():
+        guards.check_flag(value, name)
 
 
 def patch_heads(
@@ -450,7 +472,11 @@ def patch_heads(
     ``memory_budget`` bounds the activation bytes of one prompt chunk (caches and a forward).
     ``verify`` proves the largest-effect cell's patch through the model's hooks.
     """
+    _check_arguments(
+        "patch_heads", model, metric, memory_budget, per_prompt=per_prompt, verify=verify
+    )
     guards.check_component(component)
+    guards.check_flag(by_position, "by_position")
     stats = stats if stats is not None else SweepStats()
 
     def body(w, clean, base, evaluator, chunk):
@@ -487,6 +513,15 @@ def patch_heads(
     def check(w, clean, base, evaluator, values):
         _verify_heads(model, w, component, by_position, values, clean, base, evaluator)
 
+    def describe(index: tuple[int, ...]) -> str:
+        if by_position and component == "pattern":
+            layer, head, pos = index
+        elif by_position:
+            layer, pos, head = index
+        else:
+            (layer, head), pos = index, None
+        return f"the {component} patch at {Cell(component, layer, head, pos).describe()}"
+
     with torch.inference_mode():
         return _sweep(
             model,
@@ -500,6 +535,7 @@ def patch_heads(
             memory_budget,
             body,
             check if verify else None,
+            describe,
         ).clone()
 
 
@@ -605,6 +641,9 @@ def patch_resid(
 
     With ``per_prompt`` a leading ``[n]`` dim. Equal to ``get_act_patch_resid_pre``.
     """
+    _check_arguments(
+        "patch_resid", model, metric, memory_budget, per_prompt=per_prompt, verify=verify
+    )
     stats = stats if stats is not None else SweepStats()
 
     def body(w, clean, base, evaluator, chunk):
@@ -647,4 +686,5 @@ def patch_resid(
             memory_budget,
             body,
             check if verify else None,
+            lambda index: f"the resid_pre patch at L{index[0]} pos {index[1]}",
         ).clone()

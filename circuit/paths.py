@@ -62,8 +62,13 @@ from circuit.guards import (
     VERIFY_PROMPTS,
     PatchingError,
     PatchNotApplied,
+    check_answers,
+    check_finite,
+    check_flag,
     check_heads,
     check_metric_output,
+    check_model,
+    check_positive_int,
     check_tokens,
 )
 from circuit.metrics import LogitDiffMetric
@@ -71,6 +76,8 @@ from circuit.metrics import LogitDiffMetric
 ReceiverInput = Literal["q", "k", "v"]
 PathMode = Literal["freeze", "direct"]
 Head = tuple[int, int]
+"""A head as ``(layer, head)``; every routine also takes :class:`circuit.claims.Head` and
+``"L3H6"`` (see :func:`circuit.guards.as_heads`)."""
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
 RECEIVER_INPUTS: tuple[str, ...] = ("q", "k", "v")
@@ -491,12 +498,8 @@ def _plan(model: TransformerBridge, receivers: Sequence[Head], receiver_input: s
         raise PathPatchError(
             f"receiver_input must be one of {RECEIVER_INPUTS}, got {receiver_input!r}"
         )
-    receivers = list(receivers)
-    if not receivers:
-        raise PathPatchError("receivers is empty: name at least one (layer, head)")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    check_heads(receivers, n_layers, n_heads)
-    receivers = [(int(layer), int(head)) for layer, head in receivers]
+    receivers = check_heads(receivers, n_layers, n_heads, "receivers")
     by_layer: dict[int, list[int]] = {}
     for layer, head in receivers:
         by_layer.setdefault(layer, []).append(head)
@@ -549,9 +552,20 @@ def path_patch_detailed(
     hooks (two forwards for freeze, one for direct): the hooks must fire at every intended site,
     change the receiver heads' inputs and nothing else, and reproduce the fast value.
     """
+    check_model(model, "path_patch")
     if mode not in PATH_MODES:
         raise PathPatchError(f"mode must be one of {PATH_MODES}, got {mode!r}")
-    check_tokens(clean_tokens, corrupted_tokens, model.cfg.n_ctx)
+    check_tokens(clean_tokens, corrupted_tokens, model.cfg.n_ctx, model.cfg.d_vocab)
+    if isinstance(metric, LogitDiffMetric):
+        check_answers(metric.answers, metric.answers.shape[0], model.cfg.d_vocab, "metric answers")
+    elif not callable(metric):
+        raise PathPatchError(
+            f"path_patch: metric must be a LogitDiffMetric or a callable on logits, got "
+            f"{type(metric).__name__}"
+        )
+    check_flag(per_prompt, "per_prompt")
+    check_flag(verify, "verify")
+    check_positive_int(chunk_bytes, "chunk_bytes")
     plan = _plan(model, receivers, receiver_input)
     weights = _weights(model)
     n, seq = clean_tokens.shape
@@ -604,6 +618,17 @@ def path_patch_detailed(
         chunks += 1
 
     all_values = torch.cat(values).float().cpu()
+
+    def describe(index: tuple[int, ...]) -> str:
+        if index[0] >= len(plan.senders):
+            return "the unpatched base run"
+        layer, head = plan.senders[index[0]]
+        receivers_text = ",".join(
+            f"L{r}H{h}" for r, heads in plan.receivers_by_layer.items() for h in heads
+        )
+        return f"the path from sender L{layer}H{head} into {receivers_text} ({receiver_input})"
+
+    check_finite(all_values, describe, fast_metric or per_prompt, 0, n)
     per_prompt_values = all_values if fast_metric else None
     if fast_metric and not per_prompt:
         all_values = all_values.mean(dim=-1)
@@ -815,7 +840,8 @@ def path_patch(
 ) -> Float[torch.Tensor, "n_layers n_heads"] | Float[torch.Tensor, "n n_layers n_heads"]:
     """Path patching from every sender head into ``receivers``' ``receiver_input``.
 
-    ``receivers`` is a list of ``(layer, head)``; senders are all heads in layers before the last
+    ``receivers`` is a list of heads, each ``(layer, head)``, a :class:`circuit.claims.Head` or
+    ``"L3H6"`` (:func:`circuit.guards.as_heads`); senders are all heads in layers before the last
     receiver's layer. Returns the metric per sender, ``[n_layers, n_heads]`` (``[n, n_layers,
     n_heads]`` with ``per_prompt``), NaN at and after the last receiver layer. ``metric`` is a
     :class:`~circuit.metrics.LogitDiffMetric` (fast: only the answer logits are computed) or any

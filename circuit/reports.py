@@ -69,6 +69,7 @@ TABLE_HEADERS = (
     "check",
     "statistic",
     "interval",
+    "clusters",
     "threshold",
     "p",
     "corrected p",
@@ -86,7 +87,7 @@ def table_rows(records: Sequence[ClaimRecord]) -> list[list[str]]:
     rows: list[list[str]] = []
     for record in records:
         if record.error is not None or not record.checks:
-            rows.append([record.test_id, record.variant, "-", "", "", "", "", "", "", ERROR])
+            rows.append([record.test_id, record.variant, "-", "", "", "", "", "", "", "", ERROR])
             continue
         for index, judgement in enumerate(record.checks):
             m = judgement.measured
@@ -97,6 +98,7 @@ def table_rows(records: Sequence[ClaimRecord]) -> list[list[str]]:
                     m.check,
                     _number(m.statistic),
                     f"[{_number(m.low)}, {_number(m.high)}]",
+                    str(m.n_clusters) + ("" if m.enough_clusters else " (too few)"),
                     f"{m.side.value} {_number(m.threshold)}",
                     f"{m.p:.2g}",
                     f"{judgement.p_corrected:.2g}",
@@ -107,10 +109,52 @@ def table_rows(records: Sequence[ClaimRecord]) -> list[list[str]]:
     return rows
 
 
-def verdict_table(records: Sequence[ClaimRecord], tablefmt: str = "simple") -> str:
-    """The verdict table: claim, variant, check, statistic, interval, threshold, p,
-    corrected p, the check's verdict and the claim's."""
-    return tabulate(table_rows(records), headers=TABLE_HEADERS, tablefmt=tablefmt)
+COMPACT_HEADERS = ("claim/variant", "check", "stat", "interval", "n", "p (BH)", "verdict")
+TABLE_LAYOUTS = ("auto", "full", "compact")
+
+
+def compact_rows(records: Sequence[ClaimRecord]) -> list[list[str]]:
+    """One row per check, narrow: ``id/variant``, check, statistic, interval, clusters,
+    corrected p, and the check's verdict (the claim's in capitals on its own row)."""
+    rows: list[list[str]] = []
+    for record in records:
+        name = f"{record.claim_id}/{record.variant}"
+        if record.error is not None or not record.checks:
+            rows.append([name, "-", "", "", "", "", ERROR])
+            continue
+        rows.append([name, "(claim)", "", "", "", "", record.outcome])
+        for judgement in record.checks:
+            m = judgement.measured
+            rows.append(
+                [
+                    "",
+                    f"{m.check} {m.side.value} {_number(m.threshold)}",
+                    _number(m.statistic),
+                    f"[{_number(m.low)}, {_number(m.high)}]",
+                    str(m.n_clusters),
+                    f"{judgement.p_corrected:.2g}",
+                    str(judgement.verdict).lower(),
+                ]
+            )
+    return rows
+
+
+def verdict_table(
+    records: Sequence[ClaimRecord], tablefmt: str = "simple", layout: str = "full", width: int = 0
+) -> str:
+    """The verdict table: claim, variant, check, statistic, interval, the independent
+    clusters behind it, threshold, p, corrected p, the check's verdict and the claim's.
+
+    ``layout="compact"`` fits about 100 columns (:func:`compact_rows`); ``"auto"`` picks
+    the full table when it fits in ``width`` columns, else the compact one.
+    """
+    if layout not in TABLE_LAYOUTS:
+        raise ValueError(f"table layout must be one of {TABLE_LAYOUTS}, got {layout!r}")
+    full = tabulate(table_rows(records), headers=TABLE_HEADERS, tablefmt=tablefmt)
+    widest = max((len(line) for line in full.splitlines()), default=0)
+    if layout == "full" or (layout == "auto" and widest <= width):
+        return full
+    return tabulate(compact_rows(records), headers=COMPACT_HEADERS, tablefmt=tablefmt)
 
 
 def summary_line(records: Sequence[ClaimRecord]) -> str:
@@ -134,9 +178,14 @@ def judgement_json(judgement: Judgement) -> dict[str, Any]:
         "statistic": _finite(m.statistic),
         "interval": [_finite(m.low), _finite(m.high)],
         "interval_kind": confidence_text(m),
+        "n_clusters": m.n_clusters,
+        "clusters": m.clusters,
+        "min_clusters": m.min_clusters,
         "threshold": m.threshold,
         "side": m.side.value,
         "p": m.p,
+        "p_null": _finite(m.p_null),
+        "p_threshold": _finite(m.p_threshold),
         "corrected_p": judgement.p_corrected,
         "alpha": judgement.alpha,
         "null": m.null_name,

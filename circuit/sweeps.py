@@ -10,6 +10,7 @@ answers), the sweep's name and parameters, the library versions and the source o
 routines that compute it.
 """
 
+import contextlib
 import hashlib
 import json
 import time
@@ -76,7 +77,8 @@ class SweepStore:
     """In-memory (and optionally on-disk) store of sweep results for one run.
 
     ``get`` returns the stored result or computes it; ``computed`` counts the sweeps that
-    actually ran (name -> count), ``loaded`` those read back from disk.
+    actually ran (name -> count), ``loaded`` those read back from disk, ``corrupted`` the
+    unreadable disk entries that were recomputed and overwritten.
     """
 
     cache_dir: Path | None = None
@@ -86,6 +88,7 @@ class SweepStore:
         self._memory: dict[str, SweepResult] = {}
         self.computed: Counter[str] = Counter()
         self.loaded: Counter[str] = Counter()
+        self.corrupted = 0
 
     def key(self, subject: SubjectKey, name: str, params: object, fingerprint: str) -> str:
         """Digest naming one sweep: subject, name, parameters and the caller's fingerprint."""
@@ -118,8 +121,8 @@ class SweepStore:
         label = f"sweep {name}{_params_text(params)} on {subject.describe()}"
         path = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
         start = time.perf_counter()
-        if path is not None and path.is_file():
-            result = torch.load(path, map_location="cpu", weights_only=True)
+        result = self._load(path, label) if path is not None and path.is_file() else None
+        if result is not None:
             self.loaded[name] += 1
             self._say(f"{label}: loaded from cache ({path.name[:12]})")
         else:
@@ -127,12 +130,39 @@ class SweepStore:
             self.computed[name] += 1
             self._say(f"{label}: computed in {time.perf_counter() - start:.1f}s")
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(".tmp")
-                torch.save(result, partial)
-                partial.replace(path)
+                self._save(path, result)
         self._memory[key] = result
         return result
+
+    def _load(self, path: Path, label: str) -> SweepResult | None:
+        """A cache entry, or None (said in one line) when it is unreadable or not a sweep
+        result: the caller recomputes it and overwrites the entry."""
+        try:
+            result = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated or foreign file: any unpickling error
+            first_line = (str(error).splitlines() or [""])[0][:120]
+            reason = f"{type(error).__name__}: {first_line}"
+        else:
+            if isinstance(result, dict) and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in result.items()
+            ):
+                return result
+            reason = f"holds a {type(result).__name__}, not a dict of tensors"
+        self.corrupted += 1
+        self._say(f"{label}: cache entry {path} is corrupted ({reason}); recomputing it")
+        return None
+
+    def _save(self, path: Path, result: SweepResult) -> None:
+        """Write an entry atomically; a cache that cannot be written is said, not fatal."""
+        partial = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(result, partial)
+            partial.replace(path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            self._say(f"cannot write the sweep cache entry {path}: {error.strerror or error}")
 
     def _say(self, line: str) -> None:
         if self.progress is not None:

@@ -31,8 +31,11 @@ from circuit.dataset import FilterReport, SyllogismDataset
 from circuit.metrics import logit_diff
 from circuit.templates import STUDY_TEMPLATE, fill_template
 from circuit.vocabulary import (
+    ADDED_DESCRIPTOR_PAIRS,
     HELDOUT_CATEGORIES,
-    HELDOUT_NOUNS,
+    HELDOUT_DESCRIPTOR_PAIRS,
+    HELDOUT_NOUN_CATEGORIES,
+    HELDOUT_VARIANT_NOUNS,
     STUDY_CATEGORIES,
     STUDY_DESCRIPTOR_PAIRS,
     STUDY_NOUNS,
@@ -59,7 +62,17 @@ class WordLists:
 
 
 STUDY_WORDS = WordLists(STUDY_CATEGORIES, STUDY_DESCRIPTOR_PAIRS, STUDY_NOUNS)
-HELDOUT_WORDS = WordLists(HELDOUT_CATEGORIES, STUDY_DESCRIPTOR_PAIRS, HELDOUT_NOUNS)
+"""The notebook's words: 9 categories, 5 descriptor pairs, 30 nouns."""
+WIDE_PAIRS = STUDY_DESCRIPTOR_PAIRS + ADDED_DESCRIPTOR_PAIRS
+UNFILTERED_WORDS = WordLists(STUDY_CATEGORIES, WIDE_PAIRS, STUDY_NOUNS)
+"""The study's categories and nouns with 11 descriptor pairs (enough independent pairs)."""
+HELDOUT_WORDS = WordLists(
+    HELDOUT_CATEGORIES + HELDOUT_NOUN_CATEGORIES, HELDOUT_DESCRIPTOR_PAIRS, HELDOUT_VARIANT_NOUNS
+)
+"""Categories, descriptor pairs and nouns no model saw in training (14, 11 and 8)."""
+
+FACTORS: tuple[str, ...] = ("pair", "category", "noun")
+"""The factors a syllogism dataset is generated from; each prompt's levels are recorded."""
 
 
 @dataclass(frozen=True)
@@ -90,13 +103,34 @@ class Recipe:
     threshold: float = LOGIT_DIFF_THRESHOLD
 
 
+def _check_integer(name: str, value: object, minimum: int | None = None) -> None:
+    """``value`` is an int (not a bool, a float or a string) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        need = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise DatasetError(f"{name} must be {need}, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise DatasetError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 def recipe_for(variant: str, **overrides: object) -> Recipe:
-    """The recipe of a named variant, with fields overridden by keyword."""
-    if variant not in VARIANTS:
+    """The recipe of a named variant, with fields overridden by keyword.
+
+    Raises :class:`DatasetError` (one line naming the argument) for an unknown variant or
+    field, a seed that is not an integer, or ``n_pairs`` that is not an integer >= 1.
+    """
+    if not isinstance(variant, str) or variant not in VARIANTS:
         raise DatasetError(f"unknown dataset variant {variant!r}: use one of {list(VARIANTS)}")
+    fields = set(Recipe.__dataclass_fields__) - {"variant"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise DatasetError(f"unknown dataset option(s) {unknown}; known: {sorted(fields)}")
+    if "seed" in overrides:
+        _check_integer("seed", overrides["seed"])
+    if "n_pairs" in overrides:
+        _check_integer("n_pairs", overrides["n_pairs"], 1)
     defaults: dict[str, object] = {
         "study": {},
-        "unfiltered": {"logit_diff_filter": False},
+        "unfiltered": {"words": UNFILTERED_WORDS, "logit_diff_filter": False},
         "heldout": {"words": HELDOUT_WORDS, "logit_diff_filter": False},
     }[variant]
     return Recipe(variant=variant, **{**defaults, **overrides})
@@ -120,6 +154,11 @@ class Combination:
             "noun": self.noun,
             "noun_lower": self.noun.lower(),
         }
+
+    def levels(self) -> dict[str, str]:
+        """This prompt's level of every factor (the pair is unordered: twins share it)."""
+        pair = "/".join(sorted((self.descriptor, self.opposite)))
+        return {"pair": pair, "category": self.category, "noun": self.noun}
 
     def swapped(self) -> "Combination":
         """The twin prompt's words."""
@@ -331,19 +370,48 @@ def generate(tokenizer, recipe: Recipe, model: TransformerBridge | None = None) 
         answers=torch.tensor([answer_tokens(tokenizer, c) for c in ordered]),
         roles=roles,
         filters=reports,
+        factors={name: tuple(c.levels()[name] for c in ordered) for name in FACTORS},
     )
 
 
 def build_dataset(
-    model: TransformerBridge, variant: str = "study", seed: int = STUDY_SEED, **overrides: object
+    model: TransformerBridge,
+    variant: str = "study",
+    seed: int = STUDY_SEED,
+    *,
+    allow_fewer: bool = False,
+    **overrides: object,
 ) -> SyllogismDataset:
     """A syllogism dataset for ``model`` (see the module docstring for the recipe).
 
     ``overrides`` set any :class:`Recipe` field (``n_pairs``, ``template``, ``words``,
-    ``lengths``, ``threshold``, ``logit_diff_filter``).
+    ``lengths``, ``threshold``, ``logit_diff_filter``). Asking explicitly for more ``n_pairs``
+    than the filters leave is a :class:`DatasetError`, unless ``allow_fewer=True``: then every
+    pair that exists is used and the sample's filter report says how many were asked for (the
+    default, :data:`STUDY_N_PAIRS`, always takes what exists, as the study's recipe did).
     """
+    if getattr(model, "tokenizer", None) is None:
+        raise DatasetError(
+            "model must be a TransformerBridge with a tokenizer (circuit.models.load_model), "
+            f"got {type(model).__name__}"
+        )
+    if not isinstance(allow_fewer, bool):
+        raise DatasetError(f"allow_fewer must be True or False, got {allow_fewer!r}")
     recipe = recipe_for(variant, seed=seed, **overrides)
-    return generate(model.tokenizer, recipe, model)
+    dataset = generate(model.tokenizer, recipe, model)
+    sample = next((f for f in dataset.filters if f.name.startswith("sample")), None)
+    if sample is None or sample.kept >= recipe.n_pairs or "n_pairs" not in overrides:
+        return dataset
+    if not allow_fewer:
+        raise DatasetError(
+            f"n_pairs = {recipe.n_pairs} but the {variant} filters leave only {sample.total} "
+            "pairs to sample; ask for fewer, or pass allow_fewer=True to use them all"
+        )
+    noted = FilterReport(
+        f"{sample.name}, asked for {recipe.n_pairs} pairs (allow_fewer)", sample.kept, sample.total
+    )
+    filters = [noted if f is sample else f for f in dataset.filters]
+    return replace(dataset, filters=filters)
 
 
 def summarise(dataset: SyllogismDataset) -> str:
@@ -351,4 +419,7 @@ def summarise(dataset: SyllogismDataset) -> str:
     lines = [f"{dataset.variant} (seed {dataset.seed}): {len(dataset)} prompts"]
     lines += [f"  {f.name}: kept {f.kept}/{f.total}" for f in dataset.filters]
     lines.append("  roles: " + ", ".join(f"{k}={v}" for k, v in dataset.roles.items()))
+    if dataset.factors:
+        levels = ", ".join(f"{len(set(v))} {k}" for k, v in dataset.factors.items())
+        lines.append(f"  independent levels: {levels}")
     return "\n".join(lines)

@@ -29,6 +29,19 @@ STUDY_DESCRIPTOR_PAIRS: Final[tuple[tuple[str, str], ...]] = (
 )
 """The notebook's descriptors, paired as it pairs them (index 2i with 2i+1)."""
 
+ADDED_DESCRIPTOR_PAIRS: Final[tuple[tuple[str, str], ...]] = (
+    ("nocturnal", "diurnal"),
+    ("aquatic", "terrestrial"),
+    ("venomous", "harmless"),
+    ("oviparous", "viviparous"),
+    ("solitary", "gregarious"),
+    ("arboreal", "fossorial"),
+)
+"""Descriptor pairs beyond the study's five. The verdict rule needs at least eight levels of
+every factor behind an interval, and the study has five descriptor pairs, so the ``unfiltered``
+and ``heldout`` variants use these as well. The bundled model saw them in training, as it saw
+the study's pairs; they played no part in discovering its circuit (that used ``study``)."""
+
 STUDY_NOUNS: Final[tuple[str, ...]] = (
     "Dogs",
     "Elephants",
@@ -90,3 +103,31 @@ HELDOUT_NOUNS: Final[tuple[str, ...]] = (
     "Hens",
     "Yaks",
 )
+
+HELDOUT_NOUN_CATEGORIES: Final[tuple[str, ...]] = tuple(noun.lower() for noun in HELDOUT_NOUNS[8:])
+"""The second half of the held-out nouns, lower-cased, serve as eight more held-out categories
+("All toads are ..."; the syllogisms are nonsensical by design): with six held-out categories
+alone, the ``heldout`` variant would rest on too few independent categories."""
+
+HELDOUT_VARIANT_NOUNS: Final[tuple[str, ...]] = HELDOUT_NOUNS[:8]
+"""The held-out nouns of the ``heldout`` variant (the rest are its extra categories)."""
+
+HELDOUT_DESCRIPTOR_PAIRS: Final[tuple[tuple[str, str], ...]] = (
+    ("carnothermic", "digothermic"),
+    ("quadivorous", "noctivorous"),
+    ("endedal", "aquedal"),
+    ("plantoskeletal", "venoskeletal"),
+    ("diitigrade", "ovitigrade"),
+    ("terurnal", "solurnal"),
+    ("harmatic", "arbatic"),
+    ("vivomous", "endomous"),
+    ("gregiparous", "herbiparous"),
+    ("fossitary", "bipitary"),
+    ("ectoreal", "exoreal"),
+)
+"""Nonsense descriptor pairs no model has seen: the first piece of one known descriptor
+joined to the rest of another (" carn" + "othermic"), the two of a pair sharing that rest as
+"exoskeletal"/"endoskeletal" do. Under the bundled tokenizer each is three tokens whose first
+is the known piece, so the answer token is familiar and the word is new. They were written
+after a first ``heldout`` run of the bundled claims had been seen, to give the ``heldout``
+variant words that no choice of claim or rule has yet been measured on."""

@@ -207,8 +207,20 @@ def _planted_subject(n: int = 40):
     corrupted[:, 2] = clean[:, 2] + 50
     roles = {"bos": 0, "category": 1, "descriptor": 2, "opposite": 3, "noun": 4}
     roles |= {"category2": 4, "noun2": 4, "final": 5}
+    factors = {
+        "pair": tuple(str((i // 2) % 10) for i in range(n)),
+        "noun": tuple(str((i // 2) % 9) for i in range(n)),
+    }
     data = SyllogismDataset(
-        "heldout", 0, ["p"] * n, ["q"] * n, clean, corrupted, torch.zeros(n, 2).long(), roles
+        "heldout",
+        0,
+        ["p"] * n,
+        ["q"] * n,
+        clean,
+        corrupted,
+        torch.zeros(n, 2).long(),
+        roles,
+        factors=factors,
     )
     model = SimpleNamespace(cfg=SimpleNamespace(n_layers=layers, n_heads=heads, device="cpu"))
     key = SubjectKey("planted", None, "float32", "cpu", "heldout", 0, None)
@@ -241,6 +253,9 @@ def _planted_subject(n: int = 40):
     patched = corrupted_norm[:, None, None, None] + noise
     patched[:, 2, 2, 1] += 0.5 + 0.05 * torch.randn(n, generator=g)
     store.get(key, "value_by_position", None, lambda: {"patched": patched})
+    differs = torch.zeros(layers, seq, heads)
+    differs[:, 2:] = 1.0  # value vectors differ from the corrupted position on
+    store.get(key, "value_differences", None, lambda: {"largest": differs})
     path = clean_norm[:, None, None] - 0.01 * torch.rand(n, layers, heads, generator=g)
     path[:, 1, 3] -= 0.2
     path[:, 2:] = float("nan")
@@ -281,6 +296,15 @@ def test_word_mover_claim_without_spearman_skips_the_attention_check():
     text = PLANTED.replace("top_k = 1, spearman = 0.3", "top_k = 1")
     records = _judge_planted(text)
     checks = [j.measured.check for j in records["movers"].checks]
-    assert checks == ["share", "top-1"]
+    assert checks == ["gap", "share", "share[L2H1]", "top-1"]
     with_spearman = [j.measured.check for j in _judge_planted(PLANTED)["movers"].checks]
-    assert with_spearman == ["share", "top-1", "attention(descriptor)-writing"]
+    assert with_spearman == [
+        "gap",
+        "share",
+        "share[L2H1]",
+        "top-1",
+        "attention(descriptor)-writing",
+    ]
+    without_top_k = PLANTED.replace("share = 0.5, top_k = 1, spearman = 0.3", "share = 0.5")
+    bare = [j.measured.check for j in _judge_planted(without_top_k)["movers"].checks]
+    assert bare == ["gap", "share", "share[L2H1]"]

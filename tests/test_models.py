@@ -89,7 +89,7 @@ def test_float64_works():
         ("random:gpt2", None, "unknown random shape 'gpt2'"),
         ("random:pythia-70m", "step1", "has no revisions"),
         ("bundled", "step999999999", "no revision 'step999999999'"),
-        ("/definitely/not/here", None, "is not a directory"),
+        ("/definitely/not/here", None, "does not exist"),
         ("not a model name", None, "neither 'bundled'"),
         ("", None, "non-empty string"),
     ],

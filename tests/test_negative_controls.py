@@ -4,7 +4,9 @@
   nothing;
 * a word-mover claim naming the least important heads (by direct logit attribution on the
   judged data, chosen at run time, not hard-coded) is REFUTED on the bundled model;
-* a value-position claim naming the wrong role is REFUTED on the bundled model.
+* a value-position claim naming the wrong role is REFUTED on the bundled model;
+* a claim naming a dead head (the bundled model with L3H6's output zeroed) or silent heads
+  (L0H0-L0H3, about 1% of the gap together) is not CONFIRMED: the per-head floors catch it.
 
 Datasets are small (``n_pairs`` = :data:`N_PAIRS`) to keep the suite fast.
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from circuit.claims import ClaimCase, ClaimFile, Head, load_claim_file
 from circuit.kinds.measurements import Subject, clean_run
@@ -94,3 +97,80 @@ def test_wrong_role_is_refuted(bundled_file, models):
     case = ClaimCase(bundled_file, decoy, VARIANT, "bundled", None)
     (record,) = _judge([case], models)
     assert record.outcome == "REFUTED", record.failure_message()
+
+
+# --- dead and silent heads: the effect-size floors ---------------------------------------
+
+FLOOR_PAIRS = 56
+
+
+def _at_size(claim_file: ClaimFile, n_pairs: int) -> ClaimFile:
+    return dataclasses.replace(
+        claim_file, dataset=dataclasses.replace(claim_file.dataset, n_pairs=n_pairs)
+    )
+
+
+@pytest.fixture(scope="module")
+def zeroed_l3h6(tmp_path_factory) -> str:
+    """The bundled model with head L3H6's output zeroed (its slice of W_O), saved as a local
+    Hugging Face directory: a dead head, everything else equal."""
+    import shutil
+
+    from transformers import GPTNeoXForCausalLM
+
+    from circuit.models import BUNDLED_DIR
+
+    directory = tmp_path_factory.mktemp("zeroed-l3h6")
+    model = GPTNeoXForCausalLM.from_pretrained(BUNDLED_DIR)
+    d_head = model.config.hidden_size // model.config.num_attention_heads
+    with torch.no_grad():
+        model.gpt_neox.layers[3].attention.dense.weight[:, 6 * d_head : 7 * d_head] = 0
+    model.save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (BUNDLED_DIR / name).is_file():
+            shutil.copy(BUNDLED_DIR / name, directory / name)
+    return str(directory)
+
+
+def test_a_claim_naming_a_zeroed_head_is_not_confirmed(bundled_file, models, zeroed_l3h6):
+    claim_file = _at_size(bundled_file, FLOOR_PAIRS)
+    cases = select_cases([claim_file], ClaimOptions(model=zeroed_l3h6))
+    records = _judge(cases, models)
+    kinds = {"word-movers", "value-position", "sufficiency", "necessity", "minimality"}
+    assert {r.kind for r in records} == kinds
+    for record in records:
+        assert record.error is None, record.failure_message()
+        assert not record.passed, record.failure_message()
+        dead = [j for j in record.checks if "[L3H6]" in j.measured.check]
+        assert len(dead) == 1
+        assert dead[0].verdict == "REFUTED", dead[0].explanation()  # the floor catches it
+        assert abs(dead[0].measured.statistic) < 1e-4
+
+
+def test_a_claim_naming_silent_heads_is_not_confirmed(bundled_file, models):
+    claim_file = _at_size(bundled_file, FLOOR_PAIRS)
+    silent = (Head(0, 0), Head(0, 1), Head(0, 2), Head(0, 3))
+    cases = []
+    for claim in claim_file.claims:
+        decoy = dataclasses.replace(claim, id=f"silent-{claim.kind}", heads={"heads": silent})
+        cases.append(ClaimCase(claim_file, decoy, VARIANT, "bundled", None))
+    records = _judge(cases, models)
+    for record in records:
+        assert record.error is None, record.failure_message()
+        assert not record.passed, record.failure_message()
+        floors = [j for j in record.checks if "[L0H" in j.measured.check]
+        assert len(floors) == len(silent)
+        assert all(j.verdict != "CONFIRMED" for j in floors)
+
+
+def test_the_value_position_claim_stays_unconfirmed_on_unfiltered(models):
+    """claims/bundled.toml judges value position on `heldout` only and says why: on
+    `unfiltered` L3H4's own value effect does not clear the floor. Pin that verdict."""
+    claim_file = load_claim_file(BUNDLED_CLAIMS)
+    claim = _claim(claim_file, "value-position")
+    assert claim.variants == ("heldout",)
+    case = ClaimCase(claim_file, claim, "unfiltered", "bundled", None)
+    (record,) = _judge([case], models)
+    assert record.outcome == "INCONCLUSIVE", record.failure_message()
+    failing = [j.measured.check for j in record.checks if j.verdict != "CONFIRMED"]
+    assert failing == ["effect@descriptor[L3H4]"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import circuit.kinds
-from circuit.statistics import Evidence, Side
+from circuit.statistics import Clusters, Evidence, Side, weighted_mean
 from fixtures.tiny_model import write_tiny_model
 
 pytest_plugins = ("pytester",)
@@ -91,7 +91,9 @@ def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_header_ids_table_and_json_report(project, tiny_model):
     path = write_claims(project, "tiny.toml", claim_file(tiny_model, WORD_MOVERS + MORE_CLAIMS))
     report = project.path / "report.json"
-    result = run(project, "--claims", str(path), "--claims-json", str(report), "-v")
+    result = run(
+        project, "--claims", str(path), "--claims-json", str(report), "-v", "--claims-table", "full"
+    )
     out = result.stdout.str()
     assert f"circuit-claims: model {tiny_model}" not in out  # no --model: the file's own
     result.stdout.fnmatch_lines(
@@ -141,16 +143,18 @@ def test_model_loads_once_and_each_sweep_runs_once(project, tiny_model):
         (("[[claims]]", "[[claims]"), "invalid TOML"),
     ],
 )
-def test_malformed_claim_file_is_a_collection_error(project, tiny_model, broken, reason):
+def test_malformed_claim_file_is_a_usage_error_printed_once(project, tiny_model, broken, reason):
     old, new = broken
     text = claim_file(tiny_model)
     assert old in text
     path = write_claims(project, "broken.toml", text.replace(old, new))
     result = run(project, "--claims", str(path))
-    assert result.ret == pytest.ExitCode.INTERRUPTED
-    out = result.stdout.str()
-    assert "broken.toml" in out
-    assert reason in out
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    out = result.stdout.str() + result.stderr.str()
+    assert out.count("broken.toml") == 1
+    assert out.count(reason) == 1
+    assert "During handling" not in out
+    assert "Traceback" not in out
     if reason != "invalid TOML":
         assert "claim 'word-movers'" in out
 
@@ -158,9 +162,23 @@ def test_malformed_claim_file_is_a_collection_error(project, tiny_model, broken,
 def test_unavailable_model_skips_with_the_reason(project):
     text = claim_file("EleutherAI/pythia-410m", revision="step143000")
     path = write_claims(project, "pythia.toml", text)
-    result = run(project, "--claims", str(path), "-rs")
-    result.assert_outcomes(skipped=4)  # 2 cases + the 2 kinds with no claims
+    result = run(project, "--claims", str(path), "-rs", "--claims-allow-skip")
+    result.assert_outcomes(skipped=2)  # the 2 cases; no test for the kinds with no claims
+    assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*SKIPPED*model unavailable*EleutherAI/pythia-410m*"])
+    assert "empty parameter set" not in result.stdout.str()
+
+
+def test_a_run_that_skips_every_case_fails_unless_allowed(project):
+    path = write_claims(project, "pythia.toml", claim_file("EleutherAI/pythia-410m"))
+    report = project.path / "report.json"
+    result = run(project, "--claims", str(path), "--claims-json", str(report))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*error: nothing judged: every claim case (2) was skipped*"])
+    data = json.loads(report.read_text())
+    assert data["records"] == []
+    assert "model unavailable" in data["nothing_judged"]
+    assert len(data["skipped"]) == 2
 
 
 def test_default_runs_the_claim_files_of_the_model(project, tiny_model):
@@ -173,13 +191,14 @@ def test_default_runs_the_claim_files_of_the_model(project, tiny_model):
     ]
     project.makeini(f"[pytest]\nclaims_model = {tiny_model}\n")
     assert len(_collected_cases(run(project, "--collect-only", "-q"))) == 2
-    assert _collected_cases(run(project, "--collect-only", "-q", "--model", "other")) == []
+    other = run(project, "--collect-only", "-q", "--model", "random:bundled")
+    assert other.ret == pytest.ExitCode.USAGE_ERROR  # no claim file is about that model
+    other.stderr.fnmatch_lines(["*no claim file is about model 'random:bundled'*tiny.toml*"])
 
 
 def _collected_cases(result: pytest.RunResult) -> list[str]:
-    """Ids of collected claim cases (empty parameter sets show as NOTSET)."""
-    ids = [line.split("[", 1)[1][:-1] for line in result.stdout.lines if "::test_" in line]
-    return [i for i in ids if i != "NOTSET"]
+    """Ids of collected claim cases."""
+    return [line.split("[", 1)[1][:-1] for line in result.stdout.lines if "::test_" in line]
 
 
 def test_model_option_runs_a_files_claims_against_another_model(project, tiny_model):
@@ -191,16 +210,18 @@ def test_model_option_runs_a_files_claims_against_another_model(project, tiny_mo
 
 
 def _fake_word_movers(strength: float):
-    def evidence(claim, subject) -> list[Evidence]:
-        rows = np.random.default_rng(0).normal(strength, 0.1, size=(len(subject.dataset), 1))
+    def evidence(claim, subject, settings=None) -> list[Evidence]:
+        n = len(subject.dataset)
+        rows = np.random.default_rng(0).normal(strength, 0.1, size=(n, 1))
 
-        def statistic(batch: np.ndarray) -> np.ndarray:
-            return batch[..., 0].mean(axis=1)
+        def statistic(batch: np.ndarray, weights: np.ndarray) -> np.ndarray:
+            return weighted_mean(batch, weights)[..., 0]
 
         def null(rng: np.random.Generator, draws: int) -> np.ndarray:
             return rng.normal(0.0, 0.05, size=draws)
 
-        return [Evidence("fake", rows, statistic, 0.5, Side.AT_LEAST, null, "fake null")]
+        clusters = Clusters.independent(n)
+        return [Evidence("fake", rows, clusters, statistic, 0.5, Side.AT_LEAST, null, "fake null")]
 
     return evidence
 
@@ -212,7 +233,7 @@ def test_only_confirmed_passes(project, tiny_model, monkeypatch, strength, outco
     monkeypatch.setattr(circuit.kinds, "KINDS", kinds)
     path = write_claims(project, "tiny.toml", claim_file(tiny_model))
     result = run(project, "--claims", str(path))
-    result.assert_outcomes(**{outcome: 2}, skipped=2)  # no claims of the two other kinds
+    result.assert_outcomes(**{outcome: 2})  # no test at all for the two other kinds
     verdict = "CONFIRMED" if outcome == "passed" else "REFUTED"
     assert result.stdout.str().count(verdict) >= 2
 

@@ -1,8 +1,10 @@
 """Verdict table and JSON report from judged records."""
 
+import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from circuit.reports import (
     ERROR,
@@ -101,3 +103,16 @@ def test_json_report_is_strict_json_with_one_record_per_case(tmp_path):
     assert first["interval"] == [0.6, 0.8]
     assert second["interval"] == [None, None]
     assert np.isclose(first["corrected_p"], 0.002)
+
+
+def test_compact_table_fits_100_columns_and_auto_picks_by_width():
+    long_name = "value-position[L3H6,L3H0,L3H4,L1H1]-unfiltered"
+    records = [dataclasses.replace(_record([CONFIRMED, INCONCLUSIVE]), test_id=long_name)]
+    compact = verdict_table(records, layout="compact")
+    assert max(len(line) for line in compact.splitlines()) <= 100
+    assert "(claim)" in compact
+    full = verdict_table(records, layout="full")
+    assert verdict_table(records, layout="auto", width=400) == full
+    assert verdict_table(records, layout="auto", width=80) == compact
+    with pytest.raises(ValueError, match="layout"):
+        verdict_table(records, layout="wide")

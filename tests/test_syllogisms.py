@@ -22,7 +22,9 @@ from circuit.syllogisms import (
 )
 from circuit.templates import STUDY_TEMPLATE
 from circuit.vocabulary import (
+    ADDED_DESCRIPTOR_PAIRS,
     HELDOUT_CATEGORIES,
+    HELDOUT_DESCRIPTOR_PAIRS,
     HELDOUT_NOUNS,
     STUDY_CATEGORIES,
     STUDY_DESCRIPTOR_PAIRS,
@@ -61,7 +63,33 @@ def test_study_recipe_defaults_are_the_notebooks():
     assert recipe.logit_diff_filter
     assert TokenLengths(category=1, descriptor=3, noun=2, noun_lower=1) == PYTHIA_LENGTHS
     assert not recipe_for("unfiltered").logit_diff_filter
-    assert recipe_for("heldout").words.nouns == HELDOUT_NOUNS
+    assert recipe_for("heldout").words.nouns == HELDOUT_NOUNS[:8]
+    assert recipe_for("heldout").words.descriptor_pairs == HELDOUT_DESCRIPTOR_PAIRS
+    assert recipe_for("study").words.descriptor_pairs == STUDY_DESCRIPTOR_PAIRS
+
+
+def test_every_judged_variant_has_enough_levels_of_every_factor():
+    """The verdict rule needs at least 8 levels of every factor behind an interval."""
+    for variant in ("unfiltered", "heldout"):
+        words = recipe_for(variant).words
+        sizes = (len(words.categories), len(words.descriptor_pairs), len(set(words.nouns)))
+        assert min(sizes) >= 8, (variant, sizes)
+    held = recipe_for("heldout").words
+    seen = {w for pair in STUDY_DESCRIPTOR_PAIRS + ADDED_DESCRIPTOR_PAIRS for w in pair}
+    assert not {w for pair in held.descriptor_pairs for w in pair} & seen
+    assert not set(held.categories) & set(STUDY_CATEGORIES)
+
+
+def test_prompts_carry_their_factor_levels_and_twins_share_them(bundled_model):
+    data = build_dataset(bundled_model, "heldout", n_pairs=8)
+    assert set(data.factors) == {"pair", "category", "noun"}
+    for name, labels in data.factors.items():
+        assert len(labels) == len(data)
+        assert all(labels[i] == labels[i + 1] for i in range(0, len(data), 2)), name
+    for i, prompt in enumerate(data.prompts):
+        assert data.factors["category"][i] in prompt
+        assert data.factors["noun"][i] in prompt
+        assert all(word in prompt for word in data.factors["pair"][i].split("/"))
 
 
 def test_combinations_follow_the_notebook_order_and_pair_opposites():

@@ -2,7 +2,11 @@
 
 Heads are addressed by their flat index ``layer * n_heads + head``. Functions ending in a
 batch axis ``B`` are vectorised so that the same code yields the bootstrap replicates
-(``B`` resamples of prompts) and the null draws (``B`` random head sets).
+(``B`` prompt weightings) and the null draws (``B`` random head sets).
+
+Every claim also carries the checks of :func:`gap_check` (the behaviour is there at all) and
+of :func:`head_floor_checks` (each named head contributes on its own): the effect-size floors
+of the verdict rule.
 """
 
 from collections.abc import Sequence
@@ -11,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from circuit.claims import Head
+from circuit.statistics import Clusters, Evidence, Side, weighted_mean
 
 
 def flat(heads: Sequence[Head], n_heads: int) -> np.ndarray:
@@ -70,6 +75,40 @@ def top_k_margin(means: np.ndarray, sets: np.ndarray, k: int, candidates: np.nda
     return weakest - kth
 
 
+def weighted_spearman(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Spearman correlation over prompts of a weighted sample, for every trailing column.
+
+    ``x``, ``y``: ``[B|1, n, m]``; ``weights``: ``[B|1, n]`` (prompt ``i`` counted
+    ``weights[b, i]`` times, as a bootstrap resample counts it) -> ``[B, m]``. Ties get mid
+    ranks; a constant column gives 0. With unit weights this is :func:`spearman_per_column`.
+    """
+    if weights.shape[0] == 1 and np.all(weights == 1):
+        return spearman_per_column(x, y)
+    if x.shape[0] != 1 or y.shape[0] != 1:
+        raise ValueError("weighted Spearman takes fixed rows [1, n, m] and batched weights")
+    w = weights[:, :, None]  # [B, n, 1]
+    total = w.sum(axis=1)  # [B, 1]
+    rx, ry = _weighted_ranks(x[0], weights), _weighted_ranks(y[0], weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = (w * rx).sum(axis=1) / total
+        my = (w * ry).sum(axis=1) / total
+        dx, dy = rx - mx[:, None], ry - my[:, None]
+        covariance = (w * dx * dy).sum(axis=1)
+        denominator = np.sqrt((w * dx**2).sum(axis=1) * (w * dy**2).sum(axis=1))
+        result = np.where(denominator > 0, covariance / denominator, 0.0)
+    return np.where(total > 0, result, np.nan)
+
+
+def _weighted_ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mid ranks ``[B, n, m]`` of ``values`` ``[n, m]`` in the sample weighted by ``[B, n]``."""
+    n, m = values.shape
+    less = (values[None, :, :] < values[:, None, :]).astype(float)  # [i, j, m]: x_j < x_i
+    equal = (values[None, :, :] == values[:, None, :]).astype(float)
+    below = weights @ less.transpose(1, 0, 2).reshape(n, n * m)  # [B, i*m]
+    tied = weights @ equal.transpose(1, 0, 2).reshape(n, n * m)
+    return (below + (tied + 1) / 2).reshape(-1, n, m)
+
+
 def spearman_per_column(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman correlation over axis ``-2`` (prompts) for every trailing column.
 
@@ -83,3 +122,73 @@ def spearman_per_column(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     numerator = (rx * ry).sum(axis=-2)
     safe = np.where(denominator > 0, denominator, 1.0)
     return np.where(denominator > 0, numerator / safe, 0.0)
+
+
+def gap_check(clean: np.ndarray, corrupted: np.ndarray, clusters: Clusters, minimum: float):
+    """The floor every claim needs: the clean-corrupted logit-difference gap is real.
+
+    ``clean``, ``corrupted``: per-prompt logit differences ``[n]`` (right minus wrong answer
+    on the clean prompt and on its corrupted twin). Statistic: the difference of their
+    weighted means, in logits; it must lie above ``minimum`` (a floor check: p from the
+    cluster bootstrap). Every claim on the same subject shares it (``pooled="gap"``).
+    """
+    rows = np.stack([clean, corrupted], axis=1).astype(float)  # [n, 2]
+
+    def statistic(batch: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        means = weighted_mean(batch, weights)
+        return means[:, 0] - means[:, 1]
+
+    return Evidence(
+        check="gap",
+        rows=rows,
+        clusters=clusters,
+        statistic=statistic,
+        threshold=minimum,
+        side=Side.AT_LEAST,
+        null=None,
+        null_name=f"cluster bootstrap against the {minimum:g}-logit floor",
+        unit="logits (clean - corrupted)",
+        pooled="gap",
+    )
+
+
+def head_floor_checks(
+    heads: Sequence[Head],
+    rows: np.ndarray,
+    clusters: Clusters,
+    minimum: float,
+    name: str,
+    unit: str,
+    denominator: int | None = None,
+) -> list[Evidence]:
+    """One floor check per named head: its own contribution is at least ``minimum``.
+
+    ``rows`` ``[n, m + (1 if denominator else 0)]``: column ``j`` is head ``heads[j]``'s
+    per-prompt effect; with ``denominator`` set, that column holds the per-prompt quantity
+    the effect is a share of (ratio of weighted means). A dead or silent head lies below the
+    floor, so a claim that names one cannot be CONFIRMED.
+    """
+    checks = []
+    for column, head in enumerate(heads):
+
+        def statistic(batch: np.ndarray, weights: np.ndarray, column: int = column) -> np.ndarray:
+            means = weighted_mean(batch, weights)
+            if denominator is None:
+                return means[:, column]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return means[:, column] / means[:, denominator]
+
+        checks.append(
+            Evidence(
+                check=f"{name}[{head}]",
+                rows=rows,
+                clusters=clusters,
+                statistic=statistic,
+                threshold=minimum,
+                side=Side.AT_LEAST,
+                null=None,
+                null_name=f"cluster bootstrap against the {minimum:g} floor",
+                unit=unit,
+            )
+        )
+    return checks

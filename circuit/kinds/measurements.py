@@ -7,25 +7,35 @@ parameters), however many claims read it:
 * :func:`clean_run`: direct logit attribution of every head, each head's output projected
   on the right/wrong answer directions, attention from the final position, logit diffs;
 * :func:`baselines`: clean and corrupted per-prompt logit differences;
+* :func:`value_differences`: where the clean and corrupted value vectors differ;
 * :func:`value_by_position`: value patching of every head at every position
   (``circuit.patching.patch_heads(..., "v", by_position=True, per_prompt=True)``);
 * :func:`path_query`: path patching from every sender into given receivers' queries
-  (``circuit.paths.path_patch(..., receiver_input="q", per_prompt=True)``).
+  (``circuit.paths.path_patch(..., receiver_input="q", per_prompt=True)``);
+* :func:`head_ablation`: the clean run with given head sets ablated, many masks batched
+  (``circuit.ablation.ablate_heads``), for the faithfulness kinds.
 
 Patching sweeps use the study's normalised metric (clean 1, corrupted 0, batch-mean
 baselines), so per-prompt effects are fractions of the clean-corrupted gap.
 """
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.claims import Head
 from circuit.dataset import SyllogismDataset
 from circuit.metrics import LogitDiffMetric, logit_diff
+from circuit.statistics import Clusters
 from circuit.sweeps import SubjectKey, SweepResult, SweepStore
+
+if TYPE_CHECKING:
+    from circuit.ablation import Ablation
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,13 @@ class Subject:
     @property
     def n_heads(self) -> int:
         return int(self.model.cfg.n_heads)
+
+    @property
+    def clusters(self) -> Clusters:
+        """The dataset's factor levels (every prompt its own cluster if it declares none)."""
+        if not self.dataset.factors:
+            return Clusters.independent(len(self.dataset))
+        return Clusters.from_labels(self.dataset.factors)
 
     def sweep(self, name: str, params: object, compute) -> SweepResult:
         """``compute()`` once per run (and cache) for this subject, name and params."""
@@ -128,6 +145,28 @@ def normalised_baselines(subject: Subject) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+def value_differences(subject: Subject) -> SweepResult:
+    """``largest``: ``[L, pos, H]``, the largest |clean v - corrupted v| over prompts and
+    head dimensions: where value patching can have an effect at all (zero elsewhere)."""
+
+    def compute() -> SweepResult:
+        data = subject.dataset
+        names = [f"blocks.{layer}.attn.hook_v" for layer in range(subject.n_layers)]
+        _, clean = subject.model.run_with_cache(
+            _device_tokens(subject, data.clean_tokens), names_filter=names.__contains__
+        )
+        _, corrupted = subject.model.run_with_cache(
+            _device_tokens(subject, data.corrupted_tokens), names_filter=names.__contains__
+        )
+        largest = torch.stack(
+            [(clean[n] - corrupted[n]).abs().amax(dim=(0, 3)) for n in names]
+        )  # [L, pos, H]
+        return {"largest": largest}
+
+    return subject.sweep("value_differences", None, compute)
+
+
+@torch.no_grad()
 def value_by_position(subject: Subject) -> SweepResult:
     """``patched``: ``[n, L, pos, H]`` normalised metric with one head's clean ``v`` patched
     into the corrupted run at one position (transformer_lens.patching orientation)."""
@@ -173,3 +212,57 @@ def path_query(subject: Subject, receivers: Sequence[Head]) -> SweepResult:
         return {"patched": patched}
 
     return subject.sweep("path_query", ",".join(map(str, ordered)), compute)
+
+
+def ablation_of(subject: Subject, options: Mapping[str, object]) -> "Ablation":
+    """The :class:`~circuit.ablation.Ablation` a faithfulness claim's options state, with its
+    roles resolved to this dataset's positions (``positions`` absent or ``"all"``: all)."""
+    from circuit.ablation import Ablation
+
+    positions = options.get("positions", "all")
+    if positions == "all":
+        where = None
+    else:
+        roles = (positions,) if isinstance(positions, str) else tuple(positions)
+        where = tuple(sorted({subject.dataset.roles[role] for role in roles}))
+    return Ablation(
+        method=str(options["ablation"]),
+        source=str(options.get("ablation_source", "clean")),
+        positions=where,
+    )
+
+
+@torch.no_grad()
+def head_ablation(subject: Subject, ablation: "Ablation", masks: np.ndarray) -> SweepResult:
+    """``metric``: ``[n, masks]`` the normalised metric of the clean prompts with each mask's
+    heads (bool ``masks[v, layer, head]``) ablated as ``ablation`` says
+    (:func:`circuit.ablation.ablate_heads`; clean 1, corrupted 0, batch-mean baselines)."""
+    masks = np.ascontiguousarray(masks, dtype=bool)
+    digest = hashlib.sha256(masks.tobytes() + str(masks.shape).encode()).hexdigest()[:16]
+    params = f"{ablation.describe()} seed {ablation.seed}, masks {masks.shape[0]}:{digest}"
+    # circuit.ablation is not among the engine modules the disk cache's fingerprint reads
+    params += f", code {_ablation_code()}"
+
+    def compute() -> SweepResult:
+        from circuit.ablation import ablate_heads
+
+        data = subject.dataset
+        metric = ablate_heads(
+            subject.model,
+            _device_tokens(subject, data.clean_tokens),
+            _device_tokens(subject, data.corrupted_tokens),
+            study_metric(subject),
+            torch.from_numpy(masks),
+            ablation,
+        )
+        return {"metric": metric}
+
+    return subject.sweep("head_ablation", params, compute)
+
+
+def _ablation_code() -> str:
+    """Digest of :mod:`circuit.ablation`'s source (keys the disk cache of ablation sweeps)."""
+    from circuit import ablation
+    from circuit.sweeps import source_digest
+
+    return source_digest([ablation])[:16]

@@ -4,27 +4,37 @@ From path patching into the receivers' queries
 (:func:`~circuit.kinds.measurements.path_query`), the per-prompt effect of sender ``s`` is
 the drop of the normalised metric from the prompt's clean value,
 ``e[i, s] = clean_norm[i] - patched[i, s]`` (the study's ``-(res - clean) / clean`` with
-clean = 1). Candidates are the heads with a path (not NaN) that are not receivers. Checks:
+clean = 1), a fraction of the clean-corrupted gap. Candidates are the heads with a path (not
+NaN) that are not receivers. Checks:
 
+* ``gap``: the clean-corrupted gap is real (the shared floor);
 * ``top-k``: every claimed sender ranks within the ``top_k`` candidates by mean effect;
   statistic: the weakest sender's mean effect minus the best effect ranked outside the top k
   (threshold 0);
-* ``effect``: the weakest claimed sender's mean effect is at least ``effect``.
+* ``effect[sender]``, one per claimed sender: its own mean effect is at least ``effect``
+  (a floor).
 
-Null: random sender sets of the claimed size from the candidates in the senders' layer range,
-drawn afresh in every prompt (:func:`~circuit.statistics.permuted_columns_null`).
+Null of ``top-k`` (one sentence a reviewer can check): the claimed senders are replaced by a
+random sender set of the same size from the candidates of their layer range, drawn once per
+level of the coarsest dataset factor.
 """
 
 import numpy as np
 
 from circuit.claims import Claim
-from circuit.kinds.common import flat, layer_range_pool, top_k_margin
-from circuit.kinds.measurements import Subject, normalised_baselines, path_query
-from circuit.statistics import Evidence, Side, permuted_columns_null
+from circuit.kinds.common import flat, gap_check, head_floor_checks, layer_range_pool, top_k_margin
+from circuit.kinds.measurements import Subject, baselines, normalised_baselines, path_query
+from circuit.statistics import (
+    Evidence,
+    Side,
+    VerdictSettings,
+    permuted_columns_null,
+    weighted_mean,
+)
 
 
-def evidence(claim: Claim, subject: Subject) -> list[Evidence]:
-    """The two checks of a query-influencer claim on one subject."""
+def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
+    """The checks of a query-influencer claim on one subject."""
     receivers = claim.heads["receivers"]
     patched = path_query(subject, receivers)["patched"].double().flatten(1)  # [n, K]
     clean, _ = normalised_baselines(subject)
@@ -37,34 +47,39 @@ def evidence(claim: Claim, subject: Subject) -> list[Evidence]:
     claimed = flat(senders, n_heads)
     if not candidates[claimed].all():
         raise ValueError(f"claim {claim.id!r}: a claimed sender has no path to the receivers")
+    clusters = subject.clusters
     pool, pool_text = layer_range_pool(senders, subject.n_layers, n_heads, candidates)
+    pool_text += f", one set per {clusters.primary_name()}"
     k = int(claim.thresholds["top_k"])
 
-    def margin(batch: np.ndarray) -> np.ndarray:
-        return top_k_margin(batch.mean(axis=1), claimed, k, candidates)
+    def margin(batch: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return top_k_margin(weighted_mean(batch, weights), claimed, k, candidates)
 
-    def weakest(batch: np.ndarray) -> np.ndarray:
-        return batch.mean(axis=1)[:, claimed].min(axis=1)
-
+    base = baselines(subject)
     return [
+        gap_check(
+            base["clean"].double().numpy(),
+            base["corrupted"].double().numpy(),
+            clusters,
+            settings.min_gap,
+        ),
         Evidence(
             check=f"top-{k}",
             rows=rows,
+            clusters=clusters,
             statistic=margin,
             threshold=0.0,
             side=Side.AT_LEAST,
-            null=permuted_columns_null(rows, pool, margin),
+            null=permuted_columns_null(rows, pool, margin, clusters),
             null_name=pool_text,
             unit="margin (of the normalised metric)",
         ),
-        Evidence(
-            check="effect",
-            rows=rows,
-            statistic=weakest,
-            threshold=claim.thresholds["effect"],
-            side=Side.AT_LEAST,
-            null=permuted_columns_null(rows, pool, weakest),
-            null_name=pool_text,
-            unit="of the normalised metric (weakest sender)",
+        *head_floor_checks(
+            senders,
+            rows[:, claimed],
+            clusters,
+            claim.thresholds["effect"],
+            "effect",
+            "of the gap (path into the receivers' q, this sender alone)",
         ),
     ]

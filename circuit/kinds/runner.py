@@ -13,7 +13,14 @@ from circuit.claims import ClaimCase
 from circuit.kinds import evidence_for
 from circuit.kinds.measurements import Subject
 from circuit.reports import ClaimRecord
-from circuit.statistics import Judgement, Measured, VerdictSettings, correct, measure, verdict_of
+from circuit.statistics import (
+    Judgement,
+    Measured,
+    VerdictSettings,
+    correct_pooled,
+    measure,
+    verdict_of,
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,8 @@ def measure_case(case: ClaimCase, subject: Subject, settings: VerdictSettings) -
     """Every check of ``case`` on ``subject``: statistic, interval, uncorrected p."""
     identity = (case.claim.id, case.claim.kind, case.variant)
     checks = tuple(
-        measure(evidence, settings, *identity) for evidence in evidence_for(case.claim, subject)
+        measure(evidence, settings, *identity)
+        for evidence in evidence_for(case.claim, subject, settings)
     )
     return MeasuredCase(case, settings, checks, n_prompts=len(subject.dataset))
 
@@ -42,9 +50,14 @@ def failed_case(case: ClaimCase, settings: VerdictSettings, error: str) -> Measu
 
 
 def judge_run(measured: Sequence[MeasuredCase]) -> list[ClaimRecord]:
-    """BH across every check of every measured case, then the verdict rule per check."""
+    """BH across every check of every measured case, then the verdict rule per check.
+
+    Checks that measure one shared quantity of one subject (the gap, carried by every claim
+    on a model x revision x dataset) enter the correction once.
+    """
     flat = [(i, check) for i, m in enumerate(measured) for check in m.checks]
-    adjusted = correct([check.p for _, check in flat])
+    subjects = [_subject_name(measured[i].case) for i, _ in flat]
+    adjusted = correct_pooled([check for _, check in flat], *subjects)
     judged: dict[int, list[Judgement]] = {}
     for (index, check), p in zip(flat, adjusted, strict=True):
         alpha = measured[index].settings.alpha
@@ -66,3 +79,8 @@ def judge_run(measured: Sequence[MeasuredCase]) -> list[ClaimRecord]:
         )
         for index, m in enumerate(measured)
     ]
+
+
+def _subject_name(case: ClaimCase) -> str:
+    recipe = case.file.dataset
+    return f"{case.model}@{case.revision}/{case.variant}/{recipe.seed}/{recipe.n_pairs}"

@@ -2,87 +2,128 @@
 
 From value patching by position (:func:`~circuit.kinds.measurements.value_by_position`),
 per prompt ``i`` and position ``p`` the recovery ``e[i, p]`` is the sum over the claimed
-heads of (patched normalised metric - the prompt's corrupted normalised metric). Checks:
+heads of (patched normalised metric - the prompt's corrupted normalised metric), a fraction
+of the clean-corrupted gap. Only positions where some claimed head's clean and corrupted
+value vectors actually differ take part (:func:`~circuit.kinds.measurements.value_differences`):
+elsewhere patching the value changes nothing, by construction. Checks:
 
-* ``share``: ``mean e[:, role] / sum_p |mean e[:, p]|`` is at least ``share``;
-* ``largest``: ``(mean e[:, role] - max_{p != role} mean e[:, p]) / sum_p |mean e[:, p]|``
-  is above 0 (the role's position is the largest).
+* ``gap``: the clean-corrupted gap is real (the shared floor);
+* ``share@role``: ``mean e[:, role] / sum_p |mean e[:, p]|`` is at least ``share``;
+* ``largest@role``: ``(mean e[:, role] - max_{p != role} mean e[:, p]) / sum_p |mean e[:, p]|``
+  is above 0 (the role's position is the largest);
+* ``effect[head]@role``, one per named head: that head's own recovery at the role is at least
+  ``min_head_effect`` of the gap (a floor: a share of almost nothing is still a share, and a
+  dead head added to live ones leaves the summed share intact).
 
-Null: roles shuffled within each prompt (positions permuted independently in every prompt,
-:func:`~circuit.statistics.permuted_columns_null`), on the same per-prompt data. Only
-positions from the first one where clean and corrupted prompts differ take part: earlier
-positions carry identical values in both runs, so their effect is zero by construction and
-would make the null trivially easy to beat.
+Null of the two comparisons (one sentence a reviewer can check): within every level of the
+coarsest dataset factor, the role's label is moved to a random position among those where
+the value vectors differ, and the statistic is recomputed.
 """
 
 import numpy as np
-import torch
 
 from circuit.claims import Claim
-from circuit.kinds.measurements import Subject, normalised_baselines, value_by_position
-from circuit.statistics import Evidence, Side, permuted_columns_null
+from circuit.kinds.common import gap_check, head_floor_checks
+from circuit.kinds.measurements import (
+    Subject,
+    baselines,
+    normalised_baselines,
+    value_by_position,
+    value_differences,
+)
+from circuit.statistics import (
+    Evidence,
+    Side,
+    VerdictSettings,
+    permuted_columns_null,
+    weighted_mean,
+)
+
+DIFFERENCE_TOLERANCE = 1e-5
+"""Value vectors differing by less than this fraction of the largest difference are equal."""
 
 
-def evidence(claim: Claim, subject: Subject) -> list[Evidence]:
-    """The two checks of a value-position claim on one subject."""
+def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
+    """The checks of a value-position claim on one subject."""
     patched = value_by_position(subject)["patched"].double()  # [n, L, pos, H]
     _, corrupted = normalised_baselines(subject)
     heads = claim.primary_heads
     layers = [h.layer for h in heads]
     indices = [h.head for h in heads]
     per_head = patched.permute(0, 1, 3, 2)[:, layers, indices]  # [n, m, pos]
-    effects = (per_head - corrupted.double()[:, None, None]).sum(dim=1)  # [n, pos]
-    first = first_difference(subject.dataset.clean_tokens, subject.dataset.corrupted_tokens)
-    rows = effects[:, first:].numpy()  # [n, pos - first]
+    per_head = per_head - corrupted.double()[:, None, None]
+    differs = value_differences(subject)["largest"].double()[layers, :, indices]  # [m, pos]
+    pool = np.flatnonzero(
+        (differs > DIFFERENCE_TOLERANCE * max(float(differs.max()), 1e-30)).any(dim=0).numpy()
+    )
     role = claim.roles["position"]
-    if subject.dataset.roles[role] < first:
+    at = subject.dataset.roles[role]
+    if at not in pool:
         raise ValueError(
-            f"claim {claim.id!r}: role {role!r} lies before the first corrupted position "
-            f"{first}, where value patching has no effect by construction"
+            f"claim {claim.id!r}: the claimed heads' value vectors are identical in the clean "
+            f"and corrupted prompts at role {role!r} (position {at}), so value patching has no "
+            "effect there by construction"
         )
-    position = subject.dataset.roles[role] - first
-    positions = np.arange(rows.shape[1])
-    null_text = f"'{role}' shuffled with the positions >= {first} within each prompt"
+    if pool.size < 2:
+        raise ValueError(f"claim {claim.id!r}: value vectors differ at one position only")
+    rows = per_head.sum(dim=1)[:, pool].numpy()  # [n, pool]
+    position = int(np.flatnonzero(pool == at)[0])
+    columns = np.arange(rows.shape[1])
+    clusters = subject.clusters
+    null_text = (
+        f"'{role}' moved to a random one of the {pool.size} positions where the value vectors "
+        f"differ, per {clusters.primary_name()}"
+    )
 
-    def share(batch: np.ndarray) -> np.ndarray:
-        means = batch.mean(axis=1)  # [B, pos]
+    def share(batch: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        means = weighted_mean(batch, weights)  # [B, pos]
         return means[:, position] / _total(means)
 
-    def largest(batch: np.ndarray) -> np.ndarray:
-        means = batch.mean(axis=1)
+    def largest(batch: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        means = weighted_mean(batch, weights)
         others = np.delete(means, position, axis=1).max(axis=1)
         return (means[:, position] - others) / _total(means)
 
+    base = baselines(subject)
+    own = per_head[:, :, at].numpy()  # [n, m]
     return [
+        gap_check(
+            base["clean"].double().numpy(),
+            base["corrupted"].double().numpy(),
+            clusters,
+            settings.min_gap,
+        ),
         Evidence(
             check=f"share@{role}",
             rows=rows,
+            clusters=clusters,
             statistic=share,
             threshold=claim.thresholds["share"],
             side=Side.AT_LEAST,
-            null=permuted_columns_null(rows, positions, share),
+            null=permuted_columns_null(rows, columns, share, clusters),
             null_name=null_text,
             unit="of the |value-patching effect|",
         ),
         Evidence(
             check=f"largest@{role}",
             rows=rows,
+            clusters=clusters,
             statistic=largest,
             threshold=0.0,
             side=Side.AT_LEAST,
-            null=permuted_columns_null(rows, positions, largest),
+            null=permuted_columns_null(rows, columns, largest, clusters),
             null_name=null_text,
             unit="margin (of the |effect|)",
         ),
+        *head_floor_checks(
+            heads,
+            own,
+            clusters,
+            claim.thresholds.get("min_head_effect", settings.min_head_effect),
+            f"effect@{role}",
+            "of the gap (value patching, this head alone)",
+        ),
     ]
-
-
-def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int:
-    """The first position where any clean prompt differs from its corrupted twin."""
-    differs = (clean != corrupted).any(dim=0)
-    if not bool(differs.any()):
-        raise ValueError("clean and corrupted prompts are identical: nothing to patch")
-    return int(differs.nonzero()[0, 0])
 
 
 def _total(means: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ text additionally contains the held-out words, so that they tokenize like the ot
 from typing import Final
 
 from circuit.vocabulary import (
+    ADDED_DESCRIPTOR_PAIRS,
     HELDOUT_CATEGORIES,
     HELDOUT_NOUNS,
     STUDY_CATEGORIES,
@@ -98,15 +99,8 @@ EXTRA_NOUNS: Final[tuple[str, ...]] = (
 )
 """Training-only capitalised plural nouns; disjoint from study and held-out lists."""
 
-EXTRA_DESCRIPTOR_PAIRS: Final[tuple[tuple[str, str], ...]] = (
-    ("nocturnal", "diurnal"),
-    ("aquatic", "terrestrial"),
-    ("venomous", "harmless"),
-    ("oviparous", "viviparous"),
-    ("solitary", "gregarious"),
-    ("arboreal", "fossorial"),
-)
-"""Training-only descriptor pairs (each descriptor with its opposite)."""
+EXTRA_DESCRIPTOR_PAIRS: Final[tuple[tuple[str, str], ...]] = ADDED_DESCRIPTOR_PAIRS
+"""Training descriptor pairs beyond the study's (each descriptor with its opposite)."""
 
 DESCRIPTOR_MORPHEMES: Final[dict[str, tuple[str, str, str]]] = {
     "endothermic": ("end", "other", "mic"),
