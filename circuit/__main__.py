@@ -1,9 +1,13 @@
-"""``python -m circuit``: summarise a syllogism dataset on a model, or calibrate the rule.
+"""``python -m circuit``: summarise a syllogism dataset on a model, calibrate the rule, or
+draw the standard sweeps.
 
 Examples: ``python -m circuit --model bundled --variant study``;
 ``python -m circuit calibrate --model random:bundled --seeds 10 --claims-per-kind 200``
 (false CONFIRMED rates of the verdict rule on random weights, and its false discovery rate on
-simulated data). Claims are judged by ``pytest claims`` (see README).
+simulated data); ``python -m circuit figures --model bundled --variant study --out figs
+--receivers L3H6,L3H0`` (direct logit attribution, head and residual patching, path patching
+into the receivers' queries, as PNG and SVG). Claims are judged by ``pytest claims`` (see
+README).
 """
 
 import argparse
@@ -19,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["calibrate"]:
         return calibrate_main(argv[1:])
+    if argv[:1] == ["figures"]:
+        return figures_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m circuit", description=__doc__)
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--revision", default=None)
@@ -89,6 +95,60 @@ def calibrate_main(argv: list[str]) -> int:
         print(f"Simulated null ensemble: {result.text()}")
         failed |= result.fdr > settings.alpha
     return 1 if failed else 0
+
+
+def figures_main(argv: list[str]) -> int:
+    """``figures``: the standard sweeps of a model on a dataset, drawn into ``--out`` (PNG and
+    SVG); 2 with a one-line error on a usage error."""
+    from pathlib import Path
+
+    from circuit.guards import as_heads
+
+    parser = argparse.ArgumentParser(prog="python -m circuit figures")
+    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--variant", default="study", choices=VARIANTS)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--n-pairs", type=int, default=None, help="default: the variant's")
+    parser.add_argument("--out", required=True, help="directory for the figures")
+    parser.add_argument(
+        "--receivers", default="", help="heads for path patching into q, e.g. L3H6,L3H0"
+    )
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return _error(f"--out {out} is a file; name a directory for the figures")
+    if args.n_pairs is not None and args.n_pairs < 1:
+        return _error(f"--n-pairs must be at least 1, got {args.n_pairs}")
+    names = [name.strip() for name in args.receivers.split(",") if name.strip()]
+    try:
+        model = load_model(args.model, args.revision, args.device, args.dtype)
+        receivers = (
+            as_heads(names, model.cfg.n_layers, model.cfg.n_heads, "--receivers") if names else []
+        )
+        overrides = {} if args.n_pairs is None else {"n_pairs": args.n_pairs}
+        dataset = build_dataset(model, args.variant, seed=args.seed, **overrides)
+    except (ModelSpecError, ModelUnavailableError, DatasetError, ValueError) as error:
+        return _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    from circuit.figures import standard_figures
+
+    try:
+        written = standard_figures(
+            model, dataset, out, receivers, progress=lambda line: print(f"[figures] {line}")
+        )
+    except OSError as error:
+        return _error(f"cannot write into --out {out}: {error.strerror or error}")
+    except ValueError as error:  # e.g. receivers with no sender before them
+        return _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    print(f"{len(written)} figures (PNG and SVG) in {out}")
+    return 0
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

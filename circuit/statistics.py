@@ -380,8 +380,27 @@ def interval_refutes(measured: Measured) -> bool:
     return measured.low > measured.threshold
 
 
+@dataclass(frozen=True, eq=False)
+class Draws:
+    """The random draws behind one :class:`Measured` (kept only on request, for figures):
+    ``replicates``, the finite bootstrap replicates of the statistic, and ``null``, the
+    permutation null's draws (``None`` for a floor check, which has no null)."""
+
+    check: str
+    replicates: np.ndarray
+    null: np.ndarray | None
+
+
 def measure(evidence: Evidence, settings: VerdictSettings, *identity: str) -> Measured:
     """Interval and uncorrected p-value of one check (seeded from ``identity``)."""
+    return measure_with_draws(evidence, settings, *identity)[0]
+
+
+def measure_with_draws(
+    evidence: Evidence, settings: VerdictSettings, *identity: str
+) -> tuple[Measured, Draws]:
+    """:func:`measure`, also returning the bootstrap replicates and null draws it used (the
+    same generator, in the same order: every number is the one :func:`measure` gives)."""
     rng = check_rng(settings.seed, *identity, evidence.check)
     observed = evidence.observed()
     replicates = bootstrap_replicates(
@@ -389,6 +408,7 @@ def measure(evidence: Evidence, settings: VerdictSettings, *identity: str) -> Me
     )
     low, high = percentile_interval(replicates, settings.confidence_level)
     p_threshold = bootstrap_p_value(replicates, evidence.threshold, evidence.side)
+    null: np.ndarray | None = None
     if evidence.null is None:
         p = p_null = p_threshold
         null_median = float(evidence.threshold)
@@ -398,7 +418,7 @@ def measure(evidence: Evidence, settings: VerdictSettings, *identity: str) -> Me
         p = max(p_null, p_threshold)
         finite = null[np.isfinite(null)]
         null_median = float(np.median(finite)) if finite.size else math.nan
-    return Measured(
+    measured = Measured(
         check=evidence.check,
         statistic=observed,
         low=low,
@@ -418,6 +438,7 @@ def measure(evidence: Evidence, settings: VerdictSettings, *identity: str) -> Me
         min_clusters=settings.min_clusters,
         pooled=evidence.pooled,
     )
+    return measured, Draws(evidence.check, replicates, null)
 
 
 def verdict_of(measured: Measured, p_corrected: float, alpha: float) -> Verdict:

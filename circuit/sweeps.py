@@ -106,6 +106,13 @@ class SweepStore:
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
+    def stored(
+        self, subject: SubjectKey, name: str, params: object, fingerprint: str = ""
+    ) -> SweepResult | None:
+        """The sweep's result if this run already has it in memory, else None (never
+        computes: figures read what the claims measured and skip what they did not)."""
+        return self._memory.get(self.key(subject, name, params, fingerprint))
+
     def get(
         self,
         subject: SubjectKey,

@@ -71,6 +71,10 @@ class Subject:
         """``compute()`` once per run (and cache) for this subject, name and params."""
         return self.store.get(self.key, name, params, compute, self.fingerprint)
 
+    def stored(self, name: str, params: object = None) -> SweepResult | None:
+        """The sweep if this run has measured it already (None otherwise; never computes)."""
+        return self.store.stored(self.key, name, params, self.fingerprint)
+
 
 def _device_tokens(subject: Subject, tokens: torch.Tensor) -> torch.Tensor:
     return tokens.to(subject.model.cfg.device)
@@ -211,7 +215,12 @@ def path_query(subject: Subject, receivers: Sequence[Head]) -> SweepResult:
         )
         return {"patched": patched}
 
-    return subject.sweep("path_query", ",".join(map(str, ordered)), compute)
+    return subject.sweep("path_query", path_query_params(receivers), compute)
+
+
+def path_query_params(receivers: Sequence[Head]) -> str:
+    """The store's parameter of :func:`path_query` for ``receivers`` (order does not matter)."""
+    return ",".join(map(str, sorted(set(receivers))))
 
 
 def ablation_of(subject: Subject, options: Mapping[str, object]) -> "Ablation":

@@ -14,11 +14,12 @@ from circuit.kinds import evidence_for
 from circuit.kinds.measurements import Subject
 from circuit.reports import ClaimRecord
 from circuit.statistics import (
+    Draws,
     Judgement,
     Measured,
     VerdictSettings,
     correct_pooled,
-    measure,
+    measure_with_draws,
     verdict_of,
 )
 
@@ -32,16 +33,23 @@ class MeasuredCase:
     checks: tuple[Measured, ...] = ()
     error: str | None = None
     n_prompts: int = 0
+    draws: tuple[Draws, ...] = ()
+    """Each check's bootstrap replicates and null draws (only with ``keep_draws``)."""
 
 
-def measure_case(case: ClaimCase, subject: Subject, settings: VerdictSettings) -> MeasuredCase:
-    """Every check of ``case`` on ``subject``: statistic, interval, uncorrected p."""
+def measure_case(
+    case: ClaimCase, subject: Subject, settings: VerdictSettings, keep_draws: bool = False
+) -> MeasuredCase:
+    """Every check of ``case`` on ``subject``: statistic, interval, uncorrected p; with
+    ``keep_draws`` also the draws behind them (for figures; the numbers are the same)."""
     identity = (case.claim.id, case.claim.kind, case.variant)
-    checks = tuple(
-        measure(evidence, settings, *identity)
+    pairs = [
+        measure_with_draws(evidence, settings, *identity)
         for evidence in evidence_for(case.claim, subject, settings)
-    )
-    return MeasuredCase(case, settings, checks, n_prompts=len(subject.dataset))
+    ]
+    checks = tuple(measured for measured, _ in pairs)
+    draws = tuple(d for _, d in pairs) if keep_draws else ()
+    return MeasuredCase(case, settings, checks, n_prompts=len(subject.dataset), draws=draws)
 
 
 def failed_case(case: ClaimCase, settings: VerdictSettings, error: str) -> MeasuredCase:
