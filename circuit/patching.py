@@ -23,7 +23,7 @@ position's two answer logits are computed, and the metric is applied to all cell
 callable from logits ``[n, seq, vocab]`` to a scalar (``[n]`` when ``per_prompt``), which gets
 full logits, one call per cell.
 
-Speed (DESIGN section 8): the patched cells of one layer (and one position) run as one batched
+Speed: the patched cells of one layer (and one position) run as one batched
 forward of :mod:`circuit.forward` (``rows = heads x prompts``, chunked by ``memory_budget``),
 starting from the corrupted run's residual stream at the patched layer; by-position patches
 recompute only positions ``>= pos`` (earlier keys and values come from the corrupted run); the
@@ -35,7 +35,7 @@ model recompute only the patched head at the patched layer (only query row ``pos
 at the first position where the clean activation differs from the corrupted one (before it the
 patch is a no-op). Nothing synchronises per cell (one check per layer finds that position).
 
-Proof (DESIGN section 6): with ``verify=True`` (default) the cell with the largest effect is
+Proof: with ``verify=True`` (default) the cell with the largest effect is
 re-run through the model's own hooks and :func:`circuit.guards.verify_cell` proves the hook fired,
 changed exactly the intended site, and gives the value the fast routine reported.
 """

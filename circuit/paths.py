@@ -20,7 +20,7 @@ the effect through the later receivers only (those receivers keep their unpatche
 as the study's loop behaves. A receiver in layer 0 is allowed next to later receivers and never
 receives anything.
 
-Speed (DESIGN.md section 8): the clean and corrupted runs through :mod:`circuit.forward`
+Speed: the clean and corrupted runs through :mod:`circuit.forward`
 (each distinct prompt once), then a functional forward over the bridge's (folded) weights,
 batched over senders and chunked by memory. Step 2 starts from the
 cached residual at each sender's layer and recomputes only MLPs (frozen heads do not change);

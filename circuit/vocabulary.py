@@ -1,7 +1,7 @@
 """Word lists for syllogism prompts: the study's lists and the held-out ones.
 
 The study lists are copied verbatim from the source notebook
-(``shared/seed/syllogism-circuit-notebook.txt``). Held-out lists hold words the study never
+(the Pythia-410m syllogism notebook the README describes). Held-out lists hold words the study never
 used; the bundled model never sees them in training, so claims judged on the ``heldout``
 dataset variant are judged away from the data the circuit was discovered on.
 """
