@@ -188,3 +188,15 @@ def test_equals_hooks_with_shared_layers(bundled_problem, ablation):
     for count in (1, 4):  # one mask; four that share layer 0
         part = ablate_heads(p.model, p.clean, p.corrupted, p.metric, masks[:count], ablation)
         _close(part, fast[:, :count])
+
+
+def test_the_proof_tolerance_follows_the_normalised_metric_scale():
+    """A normalised metric divides by the clean-corrupted gap; on random weights that gap is
+    about 0.01 logits, so the proof's tolerance grows by 1/gap (and never shrinks below 1x)."""
+    from circuit.ablation import _metric_scale
+    from circuit.metrics import LogitDiffMetric
+
+    answers = torch.tensor([[1, 2]])
+    assert _metric_scale(LogitDiffMetric(answers)) == 1.0
+    assert _metric_scale(LogitDiffMetric(answers, 0.02, 0.01)) == pytest.approx(100.0)
+    assert _metric_scale(LogitDiffMetric(answers, 7.0, -7.0)) == 1.0
