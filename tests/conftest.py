@@ -6,6 +6,7 @@ from test_forward import boot, pythia_70m, save_tiny_neox
 from transformers import AutoTokenizer
 
 from circuit.models import BUNDLED_DIR, load_model
+from fixtures.claim_session import ModelCache
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,3 +60,13 @@ def tiny_sequential(tmp_path_factory):
 def pythia70():
     """Pythia-70m's shape with random weights (see ``test_forward.pythia_70m``)."""
     return pythia_70m()
+
+
+@pytest.fixture(scope="module")
+def models() -> ModelCache:
+    """A model cache for judging claim cases (skips when the bundled model is absent)."""
+    cache = ModelCache(device="cpu")
+    reason = cache.unavailable_reason("bundled", None)
+    if reason is not None:
+        pytest.skip(reason)
+    return cache

@@ -183,15 +183,6 @@ def test_positions_resolve_to_roles(subject):
 # --- negative controls ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def models() -> ModelCache:
-    cache = ModelCache(device="cpu")
-    reason = cache.unavailable_reason("bundled", None)
-    if reason is not None:
-        pytest.skip(reason)
-    return cache
-
-
 def _faithfulness_file(n_pairs: int) -> ClaimFile:
     claim_file = load_claim_file(BUNDLED_CLAIMS)
     recipe = dataclasses.replace(claim_file.dataset, n_pairs=n_pairs, variants=(VARIANT,))

@@ -29,15 +29,6 @@ VARIANT = "heldout"
 
 
 @pytest.fixture(scope="module")
-def models() -> ModelCache:
-    cache = ModelCache(device="cpu")
-    reason = cache.unavailable_reason("bundled", None)
-    if reason is not None:
-        pytest.skip(reason)
-    return cache
-
-
-@pytest.fixture(scope="module")
 def bundled_file() -> ClaimFile:
     if not BUNDLED_CLAIMS.is_file():
         pytest.skip(f"{BUNDLED_CLAIMS} does not exist yet")
