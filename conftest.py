@@ -14,8 +14,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["fixtures.plugin"]
-
 settings.register_profile(
     "fast",
     max_examples=25,

@@ -6,8 +6,10 @@ Examples: ``python -m circuit --model bundled --variant study``;
 (false CONFIRMED rates of the verdict rule on random weights, and its false discovery rate on
 simulated data); ``python -m circuit figures --model bundled --variant study --out figs
 --receivers L3H6,L3H0`` (direct logit attribution, head and residual patching, path patching
-into the receivers' queries, as PNG and SVG). Claims are judged by ``pytest claims`` (see
-README).
+into the receivers' queries, as PNG and SVG); ``python -m circuit discover --model bundled
+--variant study --movers 4`` (a DRAFT claim file, discovered on ``study`` and judged on
+``heldout`` and ``unfiltered``, with the measured numbers as comments; ``--variant heldout``
+is refused unless ``--allow-heldout``). Claims are judged by ``pytest claims`` (see README).
 """
 
 import argparse
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         return calibrate_main(argv[1:])
     if argv[:1] == ["figures"]:
         return figures_main(argv[1:])
+    if argv[:1] == ["discover"]:
+        return discover_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m circuit", description=__doc__)
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--revision", default=None)
@@ -143,6 +147,69 @@ def figures_main(argv: list[str]) -> int:
     except ValueError as error:  # e.g. receivers with no sender before them
         return _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
     print(f"{len(written)} figures (PNG and SVG) in {out}")
+    return 0
+
+
+def discover_main(argv: list[str]) -> int:
+    """``discover``: print a DRAFT claim file for a model, discovered on ``--variant`` (study by
+    default) from the claim kinds' own sweeps; 2 with a one-line error on a usage error or on
+    ``--variant heldout`` without ``--allow-heldout``."""
+    import shlex
+
+    import torch
+
+    from circuit.discovery import DiscoveryError, check_variant, discover, draft_claims, notes
+    from circuit.kinds.measurements import Subject
+    from circuit.sweeps import SubjectKey, SweepStore
+    from circuit.syllogisms import summarise
+
+    parser = argparse.ArgumentParser(prog="python -m circuit discover")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--variant", default="study", choices=VARIANTS)
+    parser.add_argument("--allow-heldout", action="store_true", help="discover on heldout")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--n-pairs", type=int, default=56)
+    parser.add_argument("--movers", type=int, default=1, help="top-DLA heads taken as movers")
+    parser.add_argument("--top", type=int, default=6, help="heads to profile")
+    parser.add_argument(
+        "--no-logit-diff-filter",
+        action="store_true",
+        help="keep prompts the model gets wrong (a model that does not do the task)",
+    )
+    args = parser.parse_args(argv)
+    if args.n_pairs < 1 or args.movers < 1 or args.top < 1:
+        return _error("--n-pairs, --movers and --top must be at least 1")
+    try:
+        check_variant(args.variant, args.allow_heldout)
+        model = load_model(args.model, args.revision)
+        overrides = {"logit_diff_filter": False} if args.no_logit_diff_filter else {}
+        dataset = build_dataset(
+            model, args.variant, seed=args.seed, n_pairs=args.n_pairs, allow_fewer=True, **overrides
+        )
+        device, dtype = str(model.cfg.device), str(model.cfg.dtype).removeprefix("torch.")
+        key = SubjectKey(
+            args.model, args.revision, dtype, device, args.variant, args.seed, args.n_pairs
+        )
+        with torch.no_grad():
+            found = discover(Subject(model, dataset, key, SweepStore()), args.movers, args.top)
+    except (ModelSpecError, ModelUnavailableError, DatasetError, DiscoveryError) as error:
+        return _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    command = "python -m circuit discover " + shlex.join(argv)
+    print(
+        draft_claims(
+            found,
+            args.model,
+            args.revision,
+            args.variant,
+            command,
+            args.seed,
+            args.n_pairs,
+            summarise(dataset),
+            notes(args.variant, args.no_logit_diff_filter),
+        ),
+        end="",
+    )
     return 0
 
 

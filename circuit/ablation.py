@@ -1,4 +1,4 @@
-"""Head ablation, batched: many head masks per forward through :mod:`circuit.forward`.
+"""Head ablation, batched: many head masks per forward through :mod:`circuit.engine`.
 
 A *mask* says which heads to ablate (bool ``[layer, head]``); an :class:`Ablation` says what an
 ablated head's output ``z`` (``blocks.{l}.attn.hook_z``) is replaced with, and at which
@@ -36,19 +36,18 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from circuit import guards
-from circuit.forward import (
-    DEFAULT_MEMORY_BUDGET,
-    ForwardWeights,
+from circuit.engine.forward import (
+    Edit,
     RunCache,
     answer_logits,
+    first_difference,
     forward,
-    plan_for,
     run,
-    weights_of,
 )
-from circuit.forward import Edit as _Edit
+from circuit.engine.memory import DEFAULT_MEMORY_BUDGET, plan_for
+from circuit.engine.weights import ForwardWeights, weights_of
 from circuit.guards import PatchingError, PatchNotApplied
-from circuit.metrics import LogitDiffMetric
+from circuit.metrics import LogitDiffMetric, reads_answer_logits_only
 
 METHODS: tuple[str, ...] = ("mean", "resample", "zero")
 SOURCES: tuple[str, ...] = ("clean", "corrupted")
@@ -151,14 +150,6 @@ def _check_masks(masks: object, n_layers: int, n_heads: int) -> torch.Tensor:
     return masks
 
 
-def _first_difference(values: torch.Tensor, clean: RunCache, where: torch.Tensor) -> int:
-    """First position at which some ablation value differs from the clean ``z`` (else seq)."""
-    differs = (values != clean.z).flatten(3).any(dim=-1)  # [L, n, S]
-    differs = differs.any(dim=1).any(dim=0) & where
-    hit = differs.nonzero()
-    return int(hit[0, 0]) if hit.numel() else int(where.shape[0])
-
-
 def _edits(
     masks: Bool[torch.Tensor, "v layer head"],
     values: torch.Tensor,
@@ -166,7 +157,7 @@ def _edits(
     n: int,
     start_layer: int,
     stop_layer: int,
-) -> list[_Edit]:
+) -> list[Edit]:
     """One ``z`` edit per layer some mask ablates (rows ``v x n``, variant-major).
 
     A layer every mask ablates wholly (all heads, all positions) gets ``mask=None``: the
@@ -179,11 +170,11 @@ def _edits(
         if not bool(heads.any()):
             continue
         if bool(heads.all()) and bool(where.all()):
-            edits.append(_Edit(layer, "z", values[layer], None))
+            edits.append(Edit(layer, "z", values[layer], None))
             continue
         mask = heads[:, None, None, :, None] & where[None, None, :, None, None]  # [v,1,S,H,1]
         mask = mask.expand(-1, n, seq, -1, -1).reshape(-1, seq, heads.shape[1], 1)
-        edits.append(_Edit(layer, "z", values[layer], mask))
+        edits.append(Edit(layer, "z", values[layer], mask))
     return edits
 
 
@@ -302,7 +293,7 @@ def ablate_heads(
     else ``[masks]``. ``corrupted_tokens`` are the source of a ``corrupted`` ablation (and
     must be given, aligned with ``clean_tokens``, in any case)."""
     guards.check_model(model, "ablate_heads")
-    if not isinstance(metric, LogitDiffMetric):
+    if not reads_answer_logits_only(metric):
         raise PatchingError("ablate_heads: metric must be a LogitDiffMetric")
     if not isinstance(ablation, Ablation):
         raise PatchingError(f"ablation must be an Ablation, got {type(ablation).__name__}")
@@ -326,7 +317,7 @@ def ablate_heads(
             rows = slice(first, first + plan.prompts)
             clean = run(w, clean_tokens[rows], keep={"k", "v", "z"})
             chunk_values = values if values.shape[1] == 1 else values[:, rows]
-            start_pos = _first_difference(chunk_values, clean, where)
+            start_pos = first_difference(chunk_values, clean.z, 2, where)
             answers = metric.answers[rows].to(w.device)
             out = []
             for lo in range(0, len(masks), plan.variants):

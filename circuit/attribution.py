@@ -7,7 +7,11 @@ position by default) is its output, scaled by ``ln_final`` as the full residual 
 activations come from :mod:`circuit.forward` (the bridge's processed weights; equal to the
 bridge's cache, see ``tests/test_forward.py``).
 
-Shapes: ``n`` prompts, ``L`` layers, ``H`` heads, ``K`` heads asked for.
+:func:`head_writes` is the project's one per-head direct logit attribution: the claim kinds'
+sweep (``circuit.kinds.measurements.clean_run``), the bundled model's training report
+(``circuit.training.attribution``) and :func:`logit_attribution` all read it.
+
+Shapes: ``n`` prompts, ``L`` layers, ``H`` heads, ``K`` heads asked for, ``pos`` tokens.
 """
 
 from collections.abc import Sequence
@@ -17,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 
 from circuit import guards
-from circuit.forward import ForwardWeights, RunCache, run, weights_of
+from circuit.engine import ForwardWeights, RunCache, answer_logits, run, weights_of
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,65 @@ def head_outputs(
     return torch.einsum("lnhe,lhed->lhnd", cache.z[:, :, pos], w.W_O)
 
 
+def head_projections(
+    w: ForwardWeights, cache: RunCache, pos: int, answers: Int[torch.Tensor, "n 2"]
+) -> Float[torch.Tensor, "2 n layer head"]:
+    """Each head's LN-scaled output at ``pos`` dotted with the right (``[0]``) and the wrong
+    (``[1]``) answer's residual direction; their difference is the head's DLA."""
+    scaled = _scaled(head_outputs(w, cache, pos), cache.scale_final[:, pos])  # [L, H, n, d]
+    return torch.einsum("lhnd,ntd->tnlh", scaled, _directions(w, answers))
+
+
+@dataclass(frozen=True)
+class HeadWrites:
+    """Per prompt and head, what each head writes at the query position (the study's DLA).
+
+    ``right`` / ``wrong [n, L, H]``: the head's output, scaled by ``ln_final`` as the residual
+    stream is, dotted with the right / wrong answer's residual direction; ``attention
+    [n, L, H, pos]``: the head's attention from the query position to every position;
+    ``logit_diff [n]``: the model's logit difference (right minus wrong) there.
+    """
+
+    right: Float[torch.Tensor, "n layer head"]
+    wrong: Float[torch.Tensor, "n layer head"]
+    attention: Float[torch.Tensor, "n layer head pos"]
+    logit_diff: Float[torch.Tensor, " n"]
+
+    @property
+    def dla(self) -> Float[torch.Tensor, "n layer head"]:
+        """Each head's direct contribution to the logit difference, ``right - wrong``."""
+        return self.right - self.wrong
+
+    @property
+    def share(self) -> Float[torch.Tensor, "layer head"]:
+        """Each head's mean DLA over the mean logit difference (the study's share)."""
+        return self.dla.mean(0) / self.logit_diff.mean()
+
+
+def head_writes(
+    model: torch.nn.Module,
+    tokens: Int[torch.Tensor, "n seq"],
+    answers: Int[torch.Tensor, "n 2"],
+    position: int = -1,
+) -> HeadWrites:
+    """Direct logit attribution of every head, its right/wrong answer writes and its attention
+    from the query position ``position`` (the final one by default); see :class:`HeadWrites`.
+
+    Equals the study's cache-based code (``stack_head_results`` + ``apply_ln_to_stack`` +
+    ``tokens_to_residual_directions``, ``cache["pattern", layer][:, :, -1]``) to float
+    tolerance (``tests/test_attribution.py``).
+    """
+    _check_answers(model, tokens, answers, "head_writes")
+    with torch.no_grad():
+        w = weights_of(model)
+        cache = run(w, tokens, keep={"z", "pattern"})
+        pos = _position(position, tokens.shape[1])
+        right, wrong = head_projections(w, cache, pos, answers)
+        attention = cache.pattern[:, :, :, pos].permute(1, 0, 2, 3)  # [n, L, H, key]
+        logits = answer_logits(w, cache.resid_final[:, pos], answers.to(w.device))
+        return HeadWrites(right, wrong, attention, logits[:, 0] - logits[:, 1])
+
+
 def logit_attribution(
     model: torch.nn.Module,
     tokens: Int[torch.Tensor, "n seq"],
@@ -130,7 +193,8 @@ def logit_attribution(
         def project(stack: torch.Tensor) -> torch.Tensor:
             return torch.einsum("...nd,nd->...n", _scaled(stack, scale), diff)
 
-        heads = project(head_outputs(w, cache, pos)).permute(2, 0, 1)
+        right, wrong = head_projections(w, cache, pos, answers)
+        heads = right - wrong
         attn_bias = project(w.b_O[:, None, :].expand(-1, tokens.shape[0], -1)).T
         mlp = project(cache.mlp_out[:, :, pos]).T
         embed = project(cache.resid_pre[0][:, pos])

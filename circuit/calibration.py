@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from circuit.claims import Claim, ClaimFile, Head
-from circuit.kinds import evidence_for
+from circuit.claims import Claim, ClaimFile
+from circuit.heads import Head
+from circuit.kinds import KINDS
 from circuit.kinds.measurements import Subject
 from circuit.statistics import (
     Clusters,
@@ -176,7 +177,7 @@ def judge_alone(claim: Claim, subject: Subject, settings: VerdictSettings, ident
     """A claim judged as the only claim of its run: its verdict and its checks' judgements."""
     measured = [
         measure(evidence, settings, identity, claim.id)
-        for evidence in evidence_for(claim, subject, settings)
+        for evidence in KINDS[claim.kind].evidence(claim, subject, settings)
     ]
     judgements = judge_all(measured, settings.alpha)
     return worst([j.verdict for j in judgements]), judgements

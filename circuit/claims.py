@@ -28,7 +28,6 @@ Which head lists, roles and thresholds a kind needs is declared in :data:`KIND_S
 """
 
 import math
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,93 +36,11 @@ from types import MappingProxyType
 from typing import Any
 
 from circuit.dataset import ROLE_NAMES
+from circuit.heads import Head
+from circuit.kinds import KINDS
+from circuit.kinds.base import KindSchema
 from circuit.statistics import MIN_HEAD_SHARE, VerdictSettings
-
-VARIANTS: tuple[str, ...] = ("study", "unfiltered", "heldout")
-"""Dataset variants ``circuit.syllogisms.build_dataset`` knows."""
-
-HEAD_PATTERN = re.compile(r"^L(\d+)H(\d+)$")
-
-
-@dataclass(frozen=True, order=True)
-class Head:
-    """An attention head: ``layer`` and ``head`` index, written ``L{layer}H{head}``."""
-
-    layer: int
-    head: int
-
-    def __str__(self) -> str:
-        return f"L{self.layer}H{self.head}"
-
-    def flat(self, n_heads: int) -> int:
-        """The index of this head in a flattened ``[layer, head]`` grid."""
-        return self.layer * n_heads + self.head
-
-
-@dataclass(frozen=True)
-class KindSchema:
-    """What a claim of one kind must state: head lists, roles and thresholds by name."""
-
-    heads: tuple[str, ...]
-    roles: tuple[str, ...]
-    thresholds: tuple[str, ...]
-    integer_thresholds: tuple[str, ...] = ()
-    optional_thresholds: tuple[str, ...] = ()
-    """Thresholds whose check runs only when the claim states them."""
-    options: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
-    """Further claim fields (e.g. ``ablation``) and their allowed values; a list value is
-    allowed when each of its items is (``positions = ["descriptor"]``)."""
-    required_options: tuple[str, ...] = ()
-
-
-ABLATION_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "ablation": ("mean", "resample", "zero"),
-        "ablation_source": ("clean", "corrupted"),
-        "positions": ("all", *ROLE_NAMES),
-    }
-)
-"""Options of the faithfulness kinds (docs/ablations.md): how heads are ablated, the prompts
-the values come from (not for ``zero``; required otherwise) and where (default: all)."""
-
-KIND_SCHEMAS: Mapping[str, KindSchema] = MappingProxyType(
-    {
-        "word-movers": KindSchema(
-            heads=("heads",),
-            roles=("attends_to",),
-            thresholds=("share",),
-            integer_thresholds=("top_k",),
-            optional_thresholds=("top_k", "spearman", "min_head_share"),
-        ),
-        "value-position": KindSchema(
-            heads=("heads",),
-            roles=("position",),
-            thresholds=("share",),
-            optional_thresholds=("min_head_effect",),
-        ),
-        "query-influencers": KindSchema(
-            heads=("heads", "receivers"),
-            roles=(),
-            thresholds=("top_k", "effect"),
-            integer_thresholds=("top_k",),
-        ),
-        **{
-            kind: KindSchema(
-                heads=("heads",),
-                roles=(),
-                thresholds=(threshold,),
-                options=ABLATION_OPTIONS,
-                required_options=("ablation",),
-            )
-            for kind, threshold in (
-                ("sufficiency", "recovered"),
-                ("necessity", "drop"),
-                ("minimality", "loss"),
-            )
-        },
-    }
-)
-"""The claim kinds and the fields each requires."""
+from circuit.syllogisms import VARIANTS
 
 
 class ClaimFileError(ValueError):
@@ -201,10 +118,10 @@ class _Context:
 
 def parse_head(text: object, ctx: _Context) -> Head:
     """``"L18H0"`` -> ``Head(18, 0)``."""
-    match = HEAD_PATTERN.match(text) if isinstance(text, str) else None
-    if match is None:
+    head = Head.parse(text) if isinstance(text, str) else None
+    if head is None:
         raise ctx.error(f"head {text!r} is not of the form 'L<layer>H<head>' (e.g. 'L18H0')")
-    return Head(int(match.group(1)), int(match.group(2)))
+    return head
 
 
 def _table(raw: Mapping[str, Any], key: str, ctx: _Context) -> Mapping[str, Any]:
@@ -315,9 +232,9 @@ def _parse_claim(raw: object, index: int, recipe: DatasetRecipe, path: Path) -> 
         raise ClaimFileError(path, f"claims[{index}] has no 'id' (a non-empty string)")
     ctx = _Context(path, claim_id)
     kind = raw.get("kind")
-    if kind not in KIND_SCHEMAS:
-        raise ctx.error(f"unknown kind {kind!r}; known kinds: {sorted(KIND_SCHEMAS)}")
-    schema = KIND_SCHEMAS[kind]
+    if kind not in KINDS:
+        raise ctx.error(f"unknown kind {kind!r}; known kinds: {sorted(KINDS)}")
+    schema = KINDS[kind].schema
     allowed = {"id", "kind", "roles", "thresholds", "variants", "description", *schema.heads}
     allowed |= set(schema.options)
     unknown = set(raw) - allowed
@@ -422,29 +339,9 @@ def _check_kind_consistency(claim: Claim, ctx: _Context) -> None:
         raise ctx.error(
             f"top_k = {top_k:g} is smaller than the {len(claim.primary_heads)} claimed heads"
         )
-    if claim.kind == "query-influencers":
-        senders, receivers = claim.heads["heads"], claim.heads["receivers"]
-        overlap = set(senders) & set(receivers)
-        if overlap:
-            raise ctx.error(f"heads {sorted(map(str, overlap))} are both sender and receiver")
-        last = max(r.layer for r in receivers)
-        late = [str(s) for s in senders if s.layer >= last]
-        if late:
-            raise ctx.error(
-                f"sender(s) {late} are not before the last receiver layer {last}: no path exists"
-            )
-    method = claim.options.get("ablation")
-    if method in ("mean", "resample") and "ablation_source" not in claim.options:
-        raise ctx.error(
-            f"ablation = {method!r} needs ablation_source ('clean' or 'corrupted'): the prompts "
-            "its values come from"
-        )
-    if method == "zero" and "ablation_source" in claim.options:
-        raise ctx.error("ablation = 'zero' takes no ablation_source")
-    if claim.kind == "value-position" or claim.kind == "word-movers":
-        share = claim.thresholds["share"]
-        if not 0 < share <= 1:
-            raise ctx.error(f"threshold 'share' must lie in (0, 1], got {share:g}")
+    problem = KINDS[claim.kind].check(claim)
+    if problem is not None:
+        raise ctx.error(problem)
 
 
 def parse_claim_text(text: str, path: Path | str = "<string>") -> ClaimFile:

@@ -14,12 +14,12 @@ independent of :mod:`circuit.forward`, and prove that
 """
 
 import operator
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from circuit.heads import Head
 from circuit.metrics import MetricError
 
 HEAD_COMPONENTS: tuple[str, ...] = ("z", "q", "k", "v", "pattern")
@@ -29,7 +29,6 @@ VERIFY_PROMPTS = 4
 :class:`circuit.metrics.LogitDiffMetric`): the hook firing, the site changing and the values
 agreeing need no more, and a bridge forward of every prompt would cost a large share of a sweep."""
 
-HEAD_TEXT = re.compile(r"^L(\d+)H(\d+)$")
 """A head written as text, ``L<layer>H<head>`` (the claim files' notation)."""
 
 _HOOK_NAMES = {
@@ -150,15 +149,17 @@ def check_answers(answers: object, n: int, d_vocab: int | None, name: str = "ans
         check_token_ids(answers, d_vocab, name)
 
 
-def as_head(item: object) -> tuple[int, int]:
-    """One head in any of the project's notations as ``(layer, head)``: a pair of ints, an
-    object with ``layer`` and ``head`` (:class:`circuit.claims.Head`), or ``"L3H6"``."""
+def as_head(item: object) -> Head:
+    """One head in any of the project's notations as a :class:`~circuit.heads.Head`: a pair
+    of ints, an object with ``layer`` and ``head``, or ``"L3H6"``."""
     if isinstance(item, str):
-        match = HEAD_TEXT.match(item.strip())
-        if match is None:
+        head = Head.parse(item)
+        if head is None:
             raise PatchingError(f"head {item!r} is not of the form 'L<layer>H<head>' (e.g. 'L3H6')")
-        return int(match.group(1)), int(match.group(2))
-    if hasattr(item, "layer") and hasattr(item, "head") and not isinstance(item, tuple | list):
+        return head
+    if isinstance(item, Head):
+        pair = (_index(item.layer), _index(item.head))
+    elif hasattr(item, "layer") and hasattr(item, "head") and not isinstance(item, tuple | list):
         pair = (_index(item.layer), _index(item.head))  # type: ignore[attr-defined]
     elif isinstance(item, tuple | list) and len(item) == 2:
         pair = (_index(item[0]), _index(item[1]))
@@ -168,15 +169,13 @@ def as_head(item: object) -> tuple[int, int]:
         )
     if pair[0] is None or pair[1] is None:
         raise PatchingError(f"head {item!r}: layer and head must be integers")
-    return pair[0], pair[1]
+    return Head(pair[0], pair[1])
 
 
-def as_heads(
-    heads: object, n_layers: int, n_heads: int, name: str = "heads"
-) -> list[tuple[int, int]]:
-    """A non-empty list of in-range, distinct heads as ``(layer, head)`` pairs, from any of the
+def as_heads(heads: object, n_layers: int, n_heads: int, name: str = "heads") -> list[Head]:
+    """A non-empty list of in-range, distinct heads, from any of the
     project's notations (see :func:`as_head`); a lone ``Head`` or ``"L3H6"`` is one head."""
-    if isinstance(heads, str) or (hasattr(heads, "layer") and hasattr(heads, "head")):
+    if isinstance(heads, str | Head) or (hasattr(heads, "layer") and hasattr(heads, "head")):
         heads = [heads]
     if isinstance(heads, torch.Tensor):
         heads = heads.tolist()

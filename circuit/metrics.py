@@ -6,6 +6,7 @@ Shapes: ``n`` prompts, ``seq`` positions, ``vocab`` logits. ``answers`` is a Lon
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -164,3 +165,14 @@ def normalised_metric(
     corrupted = logit_diff(corrupted_logits, answers).mean()
     baselines = torch.stack([clean, corrupted]).tolist()
     return LogitDiffMetric(answers, baselines[0], baselines[1], per_prompt)
+
+
+Metric = LogitDiffMetric | Callable[[torch.Tensor], torch.Tensor]
+"""What every patching routine accepts as its metric: a :class:`LogitDiffMetric`, or any
+callable from logits ``[n, seq, vocab]`` to a scalar (or ``[n]`` per prompt)."""
+
+
+def reads_answer_logits_only(metric: Metric) -> bool:
+    """Whether ``metric`` is known to read only the right and wrong answers' logits at the
+    final position, so that a sweep may compute just those logits (the fast path)."""
+    return isinstance(metric, LogitDiffMetric)

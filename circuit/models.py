@@ -3,7 +3,7 @@
 ``load_model(spec)`` accepts:
 
 - ``"bundled"``: the syllogism GPT-NeoX trained here and shipped under
-  ``fixtures/models/syllogism-neox`` (``revision="stepN"`` picks a training checkpoint);
+  ``circuit/data/syllogism-neox`` (``revision="stepN"`` picks a training checkpoint);
 - ``"random:pythia-70m"``, ``"random:pythia-160m"``, ``"random:pythia-410m"``: Pythia's
   published architecture with random weights from a fixed seed and the bundled tokenizer,
   built without any download; ``"random:bundled"``: the bundled architecture, random weights;
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-BUNDLED_NAME = "syllogism-neox"
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "models" / BUNDLED_NAME
+from circuit.data import BUNDLED_DIR
+
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0
 DOWNLOAD_OPT_IN = "CIRCUIT_ALLOW_DOWNLOAD"
@@ -136,7 +136,7 @@ def _resolve_bundled(revision: str | None) -> Path:
     if not (BUNDLED_DIR / "config.json").is_file():
         raise ModelUnavailableError(
             f"the bundled model is missing at {BUNDLED_DIR}; retrain it with "
-            "`python -m circuit.training --out fixtures/models/syllogism-neox`"
+            "`python -m circuit.training --out circuit/data/syllogism-neox`"
         )
     if revision is None:
         return BUNDLED_DIR

@@ -24,7 +24,7 @@ callable from logits ``[n, seq, vocab]`` to a scalar (``[n]`` when ``per_prompt`
 full logits, one call per cell.
 
 Speed: the patched cells of one layer (and one position) run as one batched
-forward of :mod:`circuit.forward` (``rows = heads x prompts``, chunked by ``memory_budget``),
+forward of :mod:`circuit.engine` (``rows = heads x prompts``, chunked by ``memory_budget``),
 starting from the corrupted run's residual stream at the patched layer; by-position patches
 recompute only positions ``>= pos`` (earlier keys and values come from the corrupted run); the
 last layer computes only the final position; head-output (``z``) patches of a parallel-attention
@@ -47,25 +47,23 @@ import torch
 from jaxtyping import Float, Int
 
 from circuit import guards
-from circuit.forward import (
-    DEFAULT_MEMORY_BUDGET,
+from circuit.engine.forward import (
     Edit,
     ForwardOutput,
-    ForwardWeights,
     RunCache,
-    _rotate,
     answer_logits,
+    first_difference,
     forward,
+    forward_after_write,
     logits_of,
-    plan_for,
     run_pair,
-    weights_of,
 )
+from circuit.engine.kernels import attend
+from circuit.engine.lowrank import NextBlock, block_after_head_write, prepare_next_block
+from circuit.engine.memory import DEFAULT_MEMORY_BUDGET, plan_for
+from circuit.engine.weights import ForwardWeights, weights_of
 from circuit.guards import Cell, PatchingError
-from circuit.lowrank import NextBlock, block_after_head_write, prepare_next_block
-from circuit.metrics import LogitDiffMetric
-
-Metric = LogitDiffMetric | Callable[[torch.Tensor], torch.Tensor]
+from circuit.metrics import LogitDiffMetric, Metric, reads_answer_logits_only
 
 LIBRARY_EQUIVALENTS: dict[tuple[str, bool], str] = {
     ("z", False): "get_act_patch_attn_head_out_all_pos",
@@ -114,7 +112,7 @@ class _Evaluator:
 
     def __init__(self, w: ForwardWeights, metric: Metric, per_prompt: bool, base: RunCache) -> None:
         self.n = int(base.tokens.shape[0])
-        self.fast = isinstance(metric, LogitDiffMetric)
+        self.fast = reads_answer_logits_only(metric)
         self.per_prompt = per_prompt or self.fast
         if self.fast:
             if metric.answers.shape[0] != self.n:
@@ -215,8 +213,9 @@ def _sweep_layer(
     """Values of patching every head at ``layer`` (and ``pos``): ``[head, n]`` or ``[head]``.
 
     ``chunk`` heads (variants) run per forward. ``first_diff``: the first (query) position at
-    which the clean activation differs from the corrupted one (see :func:`_first_diff`); the
-    head shortcuts recompute nothing before it.
+    which the clean activation differs from the corrupted one
+    (:func:`circuit.engine.forward.first_difference`); the head shortcuts recompute nothing
+    before it.
     """
     n, seq = base.tokens.shape
     start_pos = 0 if pos is None else pos
@@ -296,17 +295,15 @@ def _continue_after(
     """Answer logits of variants whose ``resid_post(layer)`` gains ``z_diff_v @ W_O[heads[v]]``.
 
     ``z_diff`` covers positions ``start_pos..``. With ``next_block`` (see
-    :func:`circuit.lowrank.prepare_next_block`) the next block runs at rank ``d_head``; the rest
-    runs as a plain forward; after the last layer the logits are read straight from the
-    residual stream.
+    :func:`circuit.engine.lowrank.prepare_next_block`) the next block runs at rank ``d_head``;
+    the rest runs as a plain forward (:func:`circuit.engine.forward.forward_after_write`);
+    after the last layer the logits are read straight from the residual stream.
     """
-    if next_block is not None:
-        resid = block_after_head_write(w, base, next_block, heads, z_diff, start_pos)
-        next_layer = layer + 2
-    else:
-        delta = torch.einsum("npve,ved->vnpd", z_diff, w.W_O[layer][heads])
-        resid = delta.add_(base.resid_post(layer)[:, start_pos:]).flatten(0, 1)
-        next_layer = layer + 1
+    if next_block is None:
+        write = torch.einsum("npve,ved->vnpd", z_diff, w.W_O[layer][heads])
+        return forward_after_write(w, base, layer, write, start_pos, **evaluator.forward_kwargs())
+    resid = block_after_head_write(w, base, next_block, heads, z_diff, start_pos)
+    next_layer = layer + 2
     if next_layer == w.n_layers:
         return ForwardOutput(
             resid=resid, answer_logits=answer_logits(w, resid[:, -1], evaluator.answers)
@@ -352,7 +349,7 @@ def _head_shortcut(
     if component == "pattern":
         # by position only the query row ``pos`` is patched, and only it changes
         pattern = clean.pattern[layer][:, heads, start_pos:query_to]
-        v = head_act(base, "v")
+        z_new = torch.einsum("bhqk,bkhe->bqhe", pattern, head_act(base, "v"))
     else:
         acts = {}
         for site in ("q", "k", "v"):
@@ -366,14 +363,7 @@ def _head_shortcut(
                     act[:, pos] = patched[:, pos]
             acts[site] = act
         q = acts["q"][:, start_pos:query_to]
-        q_rot = _rotate(q, w.cos[start_pos:query_to], w.sin[start_pos:query_to])
-        k_rot = _rotate(acts["k"], w.cos[:seq], w.sin[:seq])
-        scores = torch.einsum("bqhe,bkhe->bhqk", q_rot, k_rot) * (w.d_head**-0.5)
-        causal = torch.ones(query_to - start_pos, seq, dtype=torch.bool, device=w.device)
-        scores = scores.masked_fill(~causal.tril(diagonal=start_pos), float("-inf"))
-        pattern = torch.softmax(scores, dim=-1)
-        v = acts["v"]
-    z_new = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        z_new = attend(w, q, acts["k"], acts["v"], start_pos)
     z_diff = z_new - base.z[layer][:, start_pos:query_to, heads]
     if query_to < seq:
         z_diff = torch.cat([z_diff, z_diff.new_zeros(n, seq - query_to, *z_diff.shape[2:])], 1)
@@ -396,15 +386,16 @@ def _sweep(
 ) -> torch.Tensor:
     """Run ``body(w, clean, base, evaluator, variants_per_forward)`` over prompt chunks.
 
-    With a :class:`LogitDiffMetric` the prompts are split as :func:`circuit.forward.plan_sweep`
-    says (per-prompt values are independent; their mean is the batch metric); a generic metric
+    With a :class:`LogitDiffMetric` the prompts are split as
+    :func:`circuit.engine.memory.plan_sweep` says (per-prompt values are independent; their
+    mean is the batch metric); a generic metric
     sees all prompts at once. Values come back with the prompt axis last (or reduced).
     ``describe_cell`` names a cell of ``body``'s result (for an error on a non-finite value).
     """
     w = weights_of(model)
     guards.check_tokens(clean_tokens, corrupted_tokens, w.n_ctx, w.d_vocab)
     n, seq = clean_tokens.shape
-    fast = isinstance(metric, LogitDiffMetric)
+    fast = reads_answer_logits_only(metric)
     if fast and metric.answers.shape[0] != n:
         raise PatchingError(
             f"the metric's answers are for {metric.answers.shape[0]} prompts, the tokens hold {n}"
@@ -439,7 +430,7 @@ def _check_arguments(
     """One-line errors for a patching call's model, metric, budget and flags (before any work);
     the tokens are checked against the model's vocabulary and context in :func:`_sweep`."""
     guards.check_model(model, routine)
-    if isinstance(metric, LogitDiffMetric):
+    if reads_answer_logits_only(metric):
         d_vocab = getattr(model.cfg, "d_vocab", None)  # type: ignore[attr-defined]
         guards.check_answers(metric.answers, metric.answers.shape[0], d_vocab, "metric answers")
     elif not callable(metric):
@@ -484,7 +475,10 @@ def patch_heads(
         positions: list[int | None] = list(range(seq)) if by_position else [None]
         layers = []
         for layer in range(w.n_layers):
-            first_diff = _first_diff(component, layer, clean, base)
+            pos_dim = 2 if component == "pattern" else 1
+            first_diff = first_difference(
+                clean.activation(component, layer), base.activation(component, layer), pos_dim
+            )
             next_block = None
             if _shortcut(w, component, evaluator, base) and layer + 2 < w.n_layers:
                 next_block = prepare_next_block(w, base, layer)
@@ -537,22 +531,6 @@ def patch_heads(
             check if verify else None,
             describe,
         ).clone()
-
-
-def _first_diff(component: str, layer: int, clean: RunCache, base: RunCache) -> int:
-    """The first (query) position where ``component`` at ``layer`` differs, clean vs corrupted.
-
-    Before it the clean activation equals the corrupted one exactly (for every prompt and head),
-    so patching it there changes nothing. ``seq`` when they are equal everywhere. One
-    synchronisation per layer.
-    """
-    differs = clean.activation(component, layer) != base.activation(component, layer)
-    if component == "pattern":  # [n, head, query, key]
-        rows = differs.any(dim=-1).any(dim=1).any(dim=0)
-    else:  # [n, pos, head, d_head]
-        rows = differs.flatten(2).any(dim=-1).any(dim=0)
-    hit = rows.nonzero()
-    return int(hit[0, 0]) if hit.numel() else int(rows.shape[0])
 
 
 def _largest_effect(values: torch.Tensor, unpatched: torch.Tensor, per_prompt: bool) -> tuple:

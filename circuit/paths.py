@@ -3,7 +3,7 @@
 Two variants, both returning ``[n_layers, n_heads]`` indexed by *sender* (``[n, n_layers,
 n_heads]`` per prompt), NaN in every row at or after the last receiver layer:
 
-``mode="freeze"`` (the study's algorithm, IOI paper appendix B)
+``mode="freeze"`` (the study's algorithm)
     Run the clean prompts with every head's output frozen to its clean value except the sender's,
     which comes from the corrupted run; MLPs recompute; record the receivers' q, k or v; run the
     clean prompts again with only those receiver inputs patched; evaluate the metric. The path
@@ -20,13 +20,22 @@ the effect through the later receivers only (those receivers keep their unpatche
 as the study's loop behaves. A receiver in layer 0 is allowed next to later receivers and never
 receives anything.
 
-Speed: the clean and corrupted runs through :mod:`circuit.forward`
-(each distinct prompt once), then a functional forward over the bridge's (folded) weights,
-batched over senders and chunked by memory. Step 2 starts from the
-cached residual at each sender's layer and recomputes only MLPs (frozen heads do not change);
-step 3 starts at the first receiver layer (where only the receiver heads are recomputed); the last
-layer computes only the final position when the metric is a ``LogitDiffMetric``, whose answer
-logits are unembedded alone. No per-sender ``.item()``.
+Speed: everything runs on the shared engine (:mod:`circuit.engine`). The clean and corrupted
+prompts run once each (:func:`~circuit.engine.forward.run_pair`). Senders are batched by layer
+(``rows = senders x prompts``, chunked by memory) and every run starts at the first position
+where clean and corrupted prompts differ (:func:`~circuit.engine.forward.first_difference`;
+earlier positions cannot change). Freeze mode: step 2 resumes after the sender's layer from the
+clean residual plus the senders' output change
+(:func:`~circuit.engine.forward.forward_after_write`) with every later layer's attention output
+frozen to its clean value (``Edit`` of ``attn_out``, so only MLPs run) and records the receivers'
+inputs; step 3 computes only the receiver heads at the first receiver layer
+(:func:`~circuit.engine.forward.head_write`), then resumes with ``Edit`` s of the later
+receivers' inputs. Direct mode: one forward of the corrupted prompts from the first receiver
+layer with an additive ``Edit`` of the receivers' ``{q,k,v}_input``. With a metric that reads
+the answer logits only (:func:`circuit.metrics.reads_answer_logits_only`) the last layer
+computes only the final position and only the two answer logits are unembedded. Parallel and
+sequential (``use_parallel_residual=False``) blocks are both supported. No per-sender
+``.item()``.
 
 Every call proves its patch (:class:`PathPatchEvidence`): an unpatched row run through the same
 functional code reproduces the bridge's own metric (per prompt on the first ``VERIFY_PROMPTS``
@@ -41,7 +50,7 @@ The transformer_lens-style orientation difference, and where freeze and direct d
 shown side by side by :func:`compare_path_modes`.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,15 +58,22 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
-from circuit.forward import (
+from circuit.engine.forward import (
+    Edit,
+    ForwardOutput,
     RunCache,
     answer_logits,
-    cpu_chunk_cap,
-    hidden_units,
+    first_difference,
+    forward,
+    forward_after_write,
+    head_mask,
+    head_write,
     logits_of,
     run_pair,
-    weights_of,
 )
+from circuit.engine.kernels import input_projection
+from circuit.engine.memory import cpu_chunk_cap
+from circuit.engine.weights import ForwardWeights, weights_of
 from circuit.guards import (
     VERIFY_PROMPTS,
     PatchingError,
@@ -71,14 +87,12 @@ from circuit.guards import (
     check_positive_int,
     check_tokens,
 )
-from circuit.metrics import LogitDiffMetric
+from circuit.heads import Head
+from circuit.metrics import Metric, reads_answer_logits_only
 
 ReceiverInput = Literal["q", "k", "v"]
 PathMode = Literal["freeze", "direct"]
-Head = tuple[int, int]
-"""A head as ``(layer, head)``; every routine also takes :class:`circuit.claims.Head` and
-``"L3H6"`` (see :func:`circuit.guards.as_heads`)."""
-Metric = Callable[[torch.Tensor], torch.Tensor]
+
 
 RECEIVER_INPUTS: tuple[str, ...] = ("q", "k", "v")
 PATH_MODES: tuple[str, ...] = ("freeze", "direct")
@@ -86,8 +100,6 @@ DEFAULT_CHUNK_BYTES = 2**30
 """Working memory one chunk of senders may use (elementwise activations, roughly)."""
 REPRODUCTION_ATOL, REPRODUCTION_RTOL = 1e-5, 1e-4
 """How far the functional run may drift from the bridge's own (hooked) output."""
-_ACTIVATIONS = frozenset({"gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu"})
-"""MLP activations the fast path supports (applied as the Hugging Face model does)."""
 
 
 class PathPatchError(PatchingError):
@@ -151,159 +163,6 @@ class PathModeComparison:
 
 
 @dataclass(frozen=True)
-class _Weights:
-    """The bridge's processed weights, stacked by layer (shapes as in transformer_lens)."""
-
-    W_Q: torch.Tensor
-    W_K: torch.Tensor
-    W_V: torch.Tensor
-    b_Q: torch.Tensor
-    b_K: torch.Tensor
-    b_V: torch.Tensor
-    W_O: torch.Tensor
-    b_O: torch.Tensor
-    W_in: torch.Tensor
-    b_in: torch.Tensor
-    W_out: torch.Tensor
-    b_out: torch.Tensor
-    W_U: torch.Tensor
-    b_U: torch.Tensor
-    eps: float
-    act_name: str
-
-    def w(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return {"q": (self.W_Q, self.b_Q), "k": (self.W_K, self.b_K), "v": (self.W_V, self.b_V)}[
-            kind
-        ]
-
-
-def _weights(model: TransformerBridge) -> _Weights:
-    cfg = model.cfg
-    if not getattr(cfg, "parallel_attn_mlp", False):
-        raise PathPatchError(
-            "the fast path supports parallel attention+MLP blocks (GPT-NeoX/Pythia) only"
-        )
-    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        raise PathPatchError("grouped-query attention is not supported by the fast path")
-    if cfg.act_fn not in _ACTIVATIONS or getattr(cfg, "gated_mlp", False):
-        raise PathPatchError(f"unsupported MLP activation {cfg.act_fn!r} for the fast path")
-    if getattr(cfg, "rotary_adjacent_pairs", False):
-        raise PathPatchError("interleaved (adjacent-pair) rotary is not supported")
-    if cfg.normalization_type not in ("LN", "LNPre"):
-        raise PathPatchError(f"unsupported normalization {cfg.normalization_type!r}")
-    names = ["W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O"]
-    names += ["W_in", "b_in", "W_out", "b_out", "W_U", "b_U"]
-    tensors = {name: getattr(model, name).detach() for name in names}
-    return _Weights(**tensors, eps=float(cfg.eps), act_name=cfg.act_fn)
-
-
-def _ln(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm with weights folded into the next matrices (centre and scale only)."""
-    x = x - x.mean(-1, keepdim=True)
-    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-
-
-def _project(
-    x_normed: Float[torch.Tensor, "... pos d_model"],
-    weights: _Weights,
-    kind: str,
-    layer: int,
-    heads: Sequence[int] | slice,
-) -> Float[torch.Tensor, "... pos h d_head"]:
-    w, b = weights.w(kind)
-    w, b = w[layer, heads], b[layer, heads]
-    out = x_normed @ w.permute(1, 0, 2).reshape(w.shape[1], -1)
-    return out.unflatten(-1, (w.shape[0], w.shape[2])) + b
-
-
-def _rotate(
-    x: Float[torch.Tensor, "... pos h d_head"],
-    rotary: tuple[torch.Tensor, torch.Tensor] | None,
-    start: int,
-) -> torch.Tensor:
-    """GPT-NeoX rotary (rotate-half on the first ``rotary_dim`` dims) for positions from ``start``.
-
-    ``rotary`` holds cos and sin, each ``[seq, rotary_dim]``; None means no rotary.
-    """
-    if rotary is None:
-        return x
-    stop = start + x.shape[-3]
-    cos, sin = (table[start:stop, None, :] for table in rotary)
-    dim = cos.shape[-1]
-    rot, rest = x[..., :dim], x[..., dim:]
-    first, second = rot[..., : dim // 2], rot[..., dim // 2 :]
-    rotated = rot * cos + torch.cat([-second, first], dim=-1) * sin
-    return torch.cat([rotated, rest], dim=-1)
-
-
-def _attend(
-    q: Float[torch.Tensor, "... q_pos h d_head"],
-    k: Float[torch.Tensor, "... pos h d_head"],
-    v: Float[torch.Tensor, "... pos h d_head"],
-    rotary: tuple[torch.Tensor, torch.Tensor] | None,
-) -> Float[torch.Tensor, "... q_pos h d_head"]:
-    """Causal attention for the last ``q_pos`` query positions (q and k before rotary)."""
-    n_q, n_k = q.shape[-3], k.shape[-3]
-    q = _rotate(q, rotary, n_k - n_q)
-    k = _rotate(k, rotary, 0)
-    scores = torch.einsum("...qhe,...khe->...hqk", q, k) / q.shape[-1] ** 0.5
-    query_pos = torch.arange(n_k - n_q, n_k, device=q.device)
-    mask = torch.arange(n_k, device=q.device)[None, :] > query_pos[:, None]
-    pattern = scores.masked_fill(mask, float("-inf")).softmax(dim=-1)
-    return torch.einsum("...hqk,...khe->...qhe", pattern, v)
-
-
-def _mlp(x: torch.Tensor, weights: _Weights, layer: int) -> torch.Tensor:
-    """The MLP's output for ``x`` ``[..., d_model]`` (see :func:`circuit.forward.hidden_units`)."""
-    flat = _ln(x, weights.eps).reshape(-1, x.shape[-1])
-    hidden = hidden_units(flat, weights.W_in[layer], weights.b_in[layer], weights.act_name)
-    out = torch.addmm(weights.b_out[layer], hidden, weights.W_out[layer])
-    return out.view(*x.shape[:-1], -1)
-
-
-@dataclass
-class _Base:
-    """The unpatched run the patched runs start from (clean for freeze, corrupted for direct)."""
-
-    stream: list[torch.Tensor]
-    """Residual before each layer, and after the last: ``n_layers + 1`` tensors ``[n, pos, d]``."""
-    rotary: tuple[torch.Tensor, torch.Tensor] | None
-
-
-def _run_bases(
-    model: TransformerBridge, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor
-) -> tuple[tuple[_Base, RunCache], tuple[_Base, RunCache]]:
-    """The clean and corrupted runs through :func:`circuit.forward.run_pair` (every distinct
-    prompt once, ``z`` kept): each as a :class:`_Base` and its :class:`RunCache`."""
-    w = weights_of(model)
-    runs = run_pair(w, clean_tokens, corrupted_tokens, {"z"}, {"z"})
-    rotary = (w.cos, w.sin)
-    return tuple(
-        (_Base([*cache.resid_pre.unbind(0), cache.resid_final], rotary), cache) for cache in runs
-    )
-
-
-def _z_by_hook(cache: RunCache) -> dict[str, torch.Tensor]:
-    """``hook_z`` of every layer, keyed by the bridge's hook names."""
-    return {f"blocks.{layer}.attn.hook_z": z for layer, z in enumerate(cache.z)}
-
-
-def _base_value(
-    model: TransformerBridge,
-    cache: RunCache,
-    metric: Metric | LogitDiffMetric,
-    n: int,
-    per_prompt: bool,
-) -> torch.Tensor:
-    """The metric of an unpatched functional run (answer logits alone for the fast metric)."""
-    w = weights_of(model)
-    if isinstance(metric, LogitDiffMetric):
-        logits = answer_logits(w, cache.resid_final[:, -1], metric.answers)
-        return metric.from_answer_logits(logits)
-    return _metric_value(metric, logits_of(w, cache), n, per_prompt)
-
-
-@dataclass(frozen=True)
 class _Plan:
     receivers_by_layer: dict[int, list[int]]
     receiver_input: str
@@ -318,179 +177,157 @@ class _Plan:
         return max(self.receivers_by_layer)
 
 
-def _splice(
-    computed: torch.Tensor, patched: torch.Tensor, heads: list[int]
-) -> tuple[torch.Tensor, float]:
-    """``computed`` with the receiver heads' slice replaced; proves nothing else moved."""
-    used = computed.expand(*patched.shape[:-2], *computed.shape[-2:]).clone()
-    used[..., heads, :] = patched
-    others = [head for head in range(computed.shape[-2]) if head not in heads]
-    outside = (used[..., others, :] - computed[..., others, :]).abs().amax() if others else None
-    return used, 0.0 if outside is None else float(outside)
+@dataclass(frozen=True, eq=False)
+class _Runs:
+    """The clean and corrupted runs, the base the patched runs start from, and ``start``: the
+    first position where the prompts differ (nothing before it can change)."""
+
+    clean: RunCache
+    corrupted: RunCache
+    mode: str
+    start: int
+
+    @property
+    def base(self) -> RunCache:
+        return self.clean if self.mode == "freeze" else self.corrupted
 
 
-def _step3(
-    base: _Base,
-    weights: _Weights,
-    plan: _Plan,
-    source: "_FrozenInputs | _EdgeInputs",
-    final_only: bool,
-) -> tuple[torch.Tensor, float]:
-    """Re-run from the first receiver layer with the receivers' inputs patched.
-
-    ``source.inputs(layer, resid)`` gives ``[S, n, pos, h, d_head]`` for that layer's receiver
-    heads, from the live residual ``resid`` (``[n, pos, d]`` at the first layer, then
-    ``[S, n, pos, d]``). Returns the final residual (``[S, n, 1, d]`` when ``final_only``, else
-    ``[S, n, pos, d]``) and the largest change seen outside the receiver heads (must be 0).
-    """
-    kind = plan.receiver_input
-    n_layers = len(base.stream) - 1
-    first = plan.first_layer
-    outside = 0.0
-    heads = plan.receivers_by_layer[first]
-    x_normed = _ln(base.stream[first], weights.eps)
-    qkv = {name: _project(x_normed, weights, name, first, heads) for name in RECEIVER_INPUTS}
-    unpatched_z = _attend(qkv["q"], qkv["k"], qkv["v"], base.rotary)
-    receiver_patch = source.inputs(first, base.stream[first])
-    qkv[kind], change = _splice(qkv[kind], receiver_patch, list(range(len(heads))))
-    outside = max(outside, change)
-    z = _attend(*(qkv[name] for name in RECEIVER_INPUTS), base.rotary)
-    write = torch.einsum("...phe,hed->...pd", z - unpatched_z, weights.W_O[first, heads])
-    resid = base.stream[first + 1] + write
-    for layer in range(first + 1, n_layers):
-        x_normed = _ln(resid, weights.eps)
-        last = final_only and layer == n_layers - 1
-        qkv = {name: _project(x_normed, weights, name, layer, slice(None)) for name in "kv"}
-        q_source = x_normed[..., -1:, :] if last else x_normed
-        qkv["q"] = _project(q_source, weights, "q", layer, slice(None))
-        if layer in plan.receivers_by_layer:
-            receiver_patch = source.inputs(layer, resid)
-            if last and kind == "q":
-                receiver_patch = receiver_patch[..., -1:, :, :]
-            qkv[kind], change = _splice(qkv[kind], receiver_patch, plan.receivers_by_layer[layer])
-            outside = max(outside, change)
-        z = _attend(qkv["q"], qkv["k"], qkv["v"], base.rotary)
-        attn_out = torch.einsum("...phe,hed->...pd", z, weights.W_O[layer]) + weights.b_O[layer]
-        if last:
-            resid = resid[..., -1:, :]
-        resid = resid + attn_out + _mlp(resid, weights, layer)
-    return resid, outside
+def _runs(
+    w: ForwardWeights, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, mode: str
+) -> _Runs:
+    """Both runs through :func:`circuit.engine.forward.run_pair` (each distinct prompt once),
+    keeping what the patched runs read: the base run's ``q``/``k``/``v`` and ``z`` (earlier keys,
+    receivers' unpatched inputs), the clean ``attn_out`` (frozen in freeze mode) and both ``z``."""
+    heads = {"q", "k", "v", "z"}
+    keep_clean, keep_corrupted = (
+        (heads | {"attn_out"}, {"z"}) if mode == "freeze" else ({"z"}, heads)
+    )
+    clean, corrupted = run_pair(w, clean_tokens, corrupted_tokens, keep_clean, keep_corrupted)
+    start = first_difference(clean_tokens, corrupted_tokens, 1)
+    return _Runs(clean, corrupted, mode, start if start < clean_tokens.shape[1] else 0)
 
 
-def _freeze_inputs(
-    base: _Base,
-    weights: _Weights,
-    plan: _Plan,
-    senders: list[Head],
-    z_clean: dict[str, torch.Tensor],
-    z_corrupted: dict[str, torch.Tensor],
-    start: int,
-) -> "_FrozenInputs":
-    """Step 2 for a chunk of senders sorted by layer: the receivers' recorded inputs.
-
-    Positions before ``start`` (where clean and corrupted prompts first differ) cannot change
-    (causal attention), so the senders' residual deltas are carried from ``start`` on only.
-    """
-    kind = plan.receiver_input
-    n_senders = len(senders)
-    layers = torch.tensor([layer for layer, _ in senders])
-    stream = [resid[:, start:] for resid in base.stream]
-    delta = torch.zeros((n_senders, *stream[0].shape), dtype=stream[0].dtype)
-    delta = delta.to(stream[0].device)
-    patched: dict[int, torch.Tensor] = {}
-    for layer in range(plan.last_layer + 1):
-        active = int((layers < layer).sum())
-        if layer in plan.receivers_by_layer:
-            heads = plan.receivers_by_layer[layer]
-            unpatched = _project(_ln(base.stream[layer], weights.eps), weights, kind, layer, heads)
-            inputs = unpatched.expand(n_senders, *unpatched.shape).clone()
-            if active:
-                shifted = _ln(stream[layer] + delta[:active], weights.eps)
-                inputs[:active, :, start:] = _project(shifted, weights, kind, layer, heads)
-            patched[layer] = inputs
-        if layer == plan.last_layer:
-            break
-        if active:
-            delta[:active] += _mlp(stream[layer] + delta[:active], weights, layer) - _mlp(
-                stream[layer], weights, layer
-            )
-        here = (layers == layer).nonzero().flatten().tolist()
-        if here:
-            heads = [senders[index][1] for index in here]
-            name = f"blocks.{layer}.attn.hook_z"
-            dz = z_corrupted[name][:, start:, heads] - z_clean[name][:, start:, heads]
-            writes = torch.einsum("nphe,hed->hnpd", dz, weights.W_O[layer, heads])
-            delta[here[0] : here[-1] + 1] += writes
-    return _FrozenInputs(patched, base, weights, plan)
+def _z_by_hook(cache: RunCache) -> dict[str, torch.Tensor]:
+    """``hook_z`` of every layer, keyed by the bridge's hook names."""
+    return {f"blocks.{layer}.attn.hook_z": z for layer, z in enumerate(cache.z)}
 
 
-class _FrozenInputs:
-    """Freeze mode: the receivers' inputs recorded in step 2, replayed whatever the residual."""
-
-    def __init__(
-        self, patched: dict[int, torch.Tensor], base: _Base, weights: _Weights, plan: _Plan
-    ) -> None:
-        self.patched = patched
-        per_layer = []
-        for layer, heads in plan.receivers_by_layer.items():
-            unpatched = _project(
-                _ln(base.stream[layer], weights.eps), weights, plan.receiver_input, layer, heads
-            )
-            per_layer.append((patched[layer] - unpatched).abs().flatten(1).amax(dim=1))
-        self.change = torch.stack(per_layer).amax(dim=0)
-
-    def inputs(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        return self.patched[layer]
+def _chunks(plan: _Plan, n_heads: int, size: int) -> list[tuple[int, list[int], bool]]:
+    """``(sender layer, sender heads, with the null variant)`` per batch of senders, in the
+    order of ``plan.senders``; the null variant (no sender) rides on the last batch."""
+    chunks = []
+    for layer in range(plan.last_layer):
+        for first in range(0, n_heads, size):
+            chunks.append((layer, list(range(first, min(first + size, n_heads))), False))
+    layer, heads, _ = chunks[-1]
+    chunks[-1] = (layer, heads, True)
+    return chunks
 
 
-class _EdgeInputs:
-    """Direct mode: each receiver reads the live residual plus its sender's edge write."""
-
-    def __init__(
-        self, writes: torch.Tensor, layers: torch.Tensor, weights: _Weights, plan: _Plan
-    ) -> None:
-        self.writes = writes
-        self.layers = layers
-        self.weights = weights
-        self.plan = plan
-        self.change = torch.zeros(writes.shape[0], device=writes.device, dtype=writes.dtype)
-
-    def inputs(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        heads = self.plan.receivers_by_layer[layer]
-        kind, eps = self.plan.receiver_input, self.weights.eps
-        n_senders = self.writes.shape[0]
-        live = _project(_ln(resid, eps), self.weights, kind, layer, heads)
-        inputs = live.expand(n_senders, *live.shape[-4:]).clone()
-        active = int((self.layers < layer).sum())
-        if active:
-            shifted = resid[:active] if resid.ndim == 4 else resid
-            inputs[:active] = _project(
-                _ln(shifted + self.writes[:active], eps), self.weights, kind, layer, heads
-            )
-        change = (inputs - live).abs().flatten(1).amax(dim=1)
-        self.change = torch.maximum(self.change, change)
-        return inputs
+def _sender_writes(
+    w: ForwardWeights, runs: _Runs, layer: int, heads: list[int], with_null: bool
+) -> Float[torch.Tensor, "variants n pos d_model"]:
+    """Each sender's output change at positions ``start..``, ``(z_to - z_from) @ W_O``: clean to
+    corrupted in freeze mode, corrupted to clean in direct mode; zero for the null variant."""
+    to, source = (
+        (runs.corrupted, runs.clean) if runs.mode == "freeze" else (runs.clean, runs.corrupted)
+    )
+    index = torch.tensor(heads, dtype=torch.long, device=w.device)
+    dz = to.z[layer][:, runs.start :, index] - source.z[layer][:, runs.start :, index]
+    writes = torch.einsum("nphe,hed->hnpd", dz, w.W_O[layer, index])
+    if with_null:
+        writes = torch.cat([writes, torch.zeros_like(writes[:1])])
+    return writes
 
 
-def _direct_inputs(
-    base: _Base,
-    weights: _Weights,
-    plan: _Plan,
-    senders: list[Head],
-    z_clean: dict[str, torch.Tensor],
-    z_corrupted: dict[str, torch.Tensor],
-) -> _EdgeInputs:
-    """Each sender's clean-minus-corrupted write ``[S, n, pos, d]``, for the direct edge."""
-    n_senders = len(senders)
-    writes = torch.zeros((n_senders, *base.stream[0].shape), dtype=base.stream[0].dtype)
-    writes = writes.to(base.stream[0].device)
-    for index, (layer, head) in enumerate(senders):
-        if layer < plan.last_layer:
-            name = f"blocks.{layer}.attn.hook_z"
-            dz = z_clean[name][:, :, head] - z_corrupted[name][:, :, head]
-            writes[index] = dz @ weights.W_O[layer, head]
-    layers = torch.tensor([layer for layer, _ in senders])
-    return _EdgeInputs(writes, layers, weights, plan)
+def _freeze_chunk(
+    w: ForwardWeights, runs: _Runs, plan: _Plan, layer: int, write: torch.Tensor, outputs: dict
+) -> tuple[ForwardOutput, torch.Tensor]:
+    """Freeze mode for senders at ``layer`` (their writes ``[V, n, pos, d]``): step 2 records
+    the receivers' inputs with every later head frozen to clean (MLPs recompute), step 3 runs
+    the clean prompts with only those inputs patched. Returns step 3's output and each
+    variant's largest change to a receiver input ``[V]``."""
+    kind, start, clean = plan.receiver_input, runs.start, runs.clean
+    targets = [r for r in plan.receivers_by_layer if r > layer]
+    last = targets[-1]
+    frozen = [Edit(at, "attn_out", clean.attn_out[at], None) for at in range(layer + 1, last)]
+    step2 = forward_after_write(
+        w,
+        clean,
+        layer,
+        write,
+        start,
+        stop_layer=last,
+        edits=frozen,
+        record=[(r, kind) for r in targets[:-1]],
+    )
+    recorded = {r: step2.records[(r, kind)] for r in targets[:-1]}
+    recorded[last] = input_projection(w, last, step2.resid, kind)
+    variants = write.shape[0]
+    change = torch.zeros(variants, dtype=write.dtype, device=write.device)
+    for r in targets:
+        heads = plan.receivers_by_layer[r]
+        patched = recorded[r][:, :, heads].view(
+            variants, -1, *recorded[r].shape[1:2], len(heads), w.d_head
+        )
+        moved = patched - clean.activation(kind, r)[:, start:, heads]
+        change = torch.maximum(change, moved.abs().flatten(1).amax(dim=1))
+    first, heads = targets[0], plan.receivers_by_layer[targets[0]]
+    first_write = head_write(w, clean, first, heads, {kind: recorded[first][:, :, heads]}, start)
+    later = [
+        Edit(r, kind, recorded[r], head_mask(w, plan.receivers_by_layer[r]), start=start)
+        for r in targets[1:]
+    ]
+    out = forward_after_write(
+        w, clean, first, first_write, start, edits=later, prove=True, **outputs
+    )
+    return out, change
+
+
+def _direct_chunk(
+    w: ForwardWeights, runs: _Runs, plan: _Plan, layer: int, write: torch.Tensor, outputs: dict
+) -> tuple[ForwardOutput, torch.Tensor]:
+    """Direct mode for senders at ``layer``: the corrupted prompts with each sender's write
+    added to the receivers' own copy of the residual (an additive ``{q,k,v}_input`` edit)."""
+    site, start = f"{plan.receiver_input}_input", runs.start
+    targets = [r for r in plan.receivers_by_layer if r > layer]
+    value = write.flatten(0, 1)[:, :, None, :]
+    edits = [
+        Edit(r, site, value, head_mask(w, plan.receivers_by_layer[r]), add=True, start=start)
+        for r in targets
+    ]
+    base = runs.corrupted
+    out = forward(
+        w,
+        base.resid_pre[targets[0]][:, start:],
+        start_layer=targets[0],
+        start_pos=start,
+        prefix=base,
+        edits=edits,
+        prove=True,
+        **outputs,
+    )
+    moved = torch.stack([out.changes[(r, site)] for r in targets]).amax(dim=0)
+    return out, moved.view(write.shape[0], -1).amax(dim=1)
+
+
+def _values(
+    out: ForwardOutput,
+    metric: Metric,
+    n: int,
+    per_prompt: bool,
+    base_logits: torch.Tensor | None,
+) -> torch.Tensor:
+    """Metric values of a chunk's variants: ``[V, n]`` from the answer logits when
+    ``base_logits`` is None (the fast metric), else ``[V]`` or ``[V, n]`` from full logits, the
+    positions before the computed ones taken from ``base_logits`` (the base run's)."""
+    if base_logits is None:
+        return metric.with_per_prompt(True).from_answer_logits(out.answer_logits.view(-1, n, 2))
+    logits = out.logits.view(-1, n, *out.logits.shape[1:])
+    earlier = base_logits[:, : base_logits.shape[1] - logits.shape[2]].to(logits.dtype)
+    if earlier.shape[1]:
+        logits = torch.cat([earlier.expand(logits.shape[0], *earlier.shape), logits], dim=2)
+    return torch.stack([_metric_value(metric, variant, n, per_prompt) for variant in logits])
 
 
 def _plan(model: TransformerBridge, receivers: Sequence[Head], receiver_input: str) -> _Plan:
@@ -511,26 +348,43 @@ def _plan(model: TransformerBridge, receivers: Sequence[Head], receiver_input: s
     return _Plan(by_layer, receiver_input, senders)
 
 
-def _metric_value(
-    metric: Metric | LogitDiffMetric, logits: torch.Tensor, n: int, per_prompt: bool
-) -> torch.Tensor:
+def _metric_value(metric: Metric, logits: torch.Tensor, n: int, per_prompt: bool) -> torch.Tensor:
     value = metric(logits)
     if not isinstance(value, torch.Tensor):
         raise PathPatchError(f"the metric returned {type(value).__name__}, not a tensor")
     return check_metric_output(value, per_prompt, n)
 
 
-def _chunk_size(
-    n: int, seq: int, weights: _Weights, vocab: int, chunk_bytes: int, itemsize: int
-) -> int:
+def _chunk_size(n: int, seq: int, w: ForwardWeights, vocab: int, chunk_bytes: int) -> int:
     """Senders per chunk so that one chunk's activations stay within ``chunk_bytes`` (and, on
-    CPU, its widest activation within :data:`circuit.forward.CPU_TENSOR_BYTES`)."""
-    d_model, d_mlp = weights.W_in.shape[-2:]
-    n_heads = weights.W_Q.shape[1]
+    CPU, its widest activation within :data:`circuit.engine.memory.CPU_TENSOR_BYTES`)."""
+    itemsize = w.bytes_per_element
+    d_model, d_mlp, n_heads = w.d_model, w.d_mlp, w.n_heads
     per_sender = n * seq * (8 * d_model + 2 * d_mlp + 2 * n_heads * seq + vocab) * itemsize
     size = max(1, chunk_bytes // max(per_sender, 1))
-    widest = n * seq * max(d_mlp, 3 * n_heads * weights.W_Q.shape[-1], vocab) * itemsize
-    return min(size, cpu_chunk_cap(weights.W_in.device, widest, size))
+    widest = n * seq * max(d_mlp, 3 * n_heads * w.d_head, vocab) * itemsize
+    return min(size, cpu_chunk_cap(w.device, widest, size))
+
+
+def _check_supported(model: TransformerBridge) -> None:
+    """Refuse what the engine does not compute as the bridge does."""
+    cfg = model.cfg
+    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
+        raise PathPatchError("grouped-query attention is not supported by the fast path")
+    if getattr(cfg, "gated_mlp", False):
+        raise PathPatchError("gated MLPs are not supported by the fast path")
+    if getattr(cfg, "rotary_adjacent_pairs", False):
+        raise PathPatchError("interleaved (adjacent-pair) rotary is not supported")
+
+
+def _base_value(
+    w: ForwardWeights, cache: RunCache, metric: Metric, n: int, per_prompt: bool
+) -> torch.Tensor:
+    """The metric of an unpatched run (answer logits alone for the fast metric)."""
+    if reads_answer_logits_only(metric):
+        logits = answer_logits(w, cache.resid_final[:, -1], metric.answers)
+        return metric.from_answer_logits(logits)
+    return _metric_value(metric, logits_of(w, cache), n, per_prompt)
 
 
 @torch.no_grad()
@@ -538,7 +392,7 @@ def path_patch_detailed(
     model: TransformerBridge,
     clean_tokens: Int[torch.Tensor, "n seq"],
     corrupted_tokens: Int[torch.Tensor, "n seq"],
-    metric: Metric | LogitDiffMetric,
+    metric: Metric,
     receivers: Sequence[Head],
     receiver_input: ReceiverInput,
     mode: PathMode = "freeze",
@@ -556,7 +410,7 @@ def path_patch_detailed(
     if mode not in PATH_MODES:
         raise PathPatchError(f"mode must be one of {PATH_MODES}, got {mode!r}")
     check_tokens(clean_tokens, corrupted_tokens, model.cfg.n_ctx, model.cfg.d_vocab)
-    if isinstance(metric, LogitDiffMetric):
+    if reads_answer_logits_only(metric):
         check_answers(metric.answers, metric.answers.shape[0], model.cfg.d_vocab, "metric answers")
     elif not callable(metric):
         raise PathPatchError(
@@ -567,9 +421,10 @@ def path_patch_detailed(
     check_flag(verify, "verify")
     check_positive_int(chunk_bytes, "chunk_bytes")
     plan = _plan(model, receivers, receiver_input)
-    weights = _weights(model)
+    _check_supported(model)
+    w = weights_of(model)
     n, seq = clean_tokens.shape
-    fast_metric = isinstance(metric, LogitDiffMetric)
+    fast_metric = reads_answer_logits_only(metric)
     if fast_metric:
         if metric.answers.shape[0] != n:
             raise PathPatchError(
@@ -577,44 +432,32 @@ def path_patch_detailed(
             )
         metric = metric.with_per_prompt(per_prompt)
 
-    device = weights.W_U.device
-    (clean_base, clean_run), (corrupted_base, corrupted_run) = _run_bases(
-        model, clean_tokens.to(device), corrupted_tokens.to(device)
-    )
-    z_clean, z_corrupted = _z_by_hook(clean_run), _z_by_hook(corrupted_run)
-    base = clean_base if mode == "freeze" else corrupted_base
-    base_run = clean_run if mode == "freeze" else corrupted_run
-    base_value = _base_value(model, base_run, metric, n, per_prompt)
-    differs = (clean_tokens != corrupted_tokens).any(dim=0).nonzero().flatten()
-    first_change = int(differs[0]) if len(differs) else 0
+    device = w.device
+    runs = _runs(w, clean_tokens.to(device), corrupted_tokens.to(device), mode)
+    z_clean, z_corrupted = _z_by_hook(runs.clean), _z_by_hook(runs.corrupted)
+    base_run = runs.base
+    base_value = _base_value(w, base_run, metric, n, per_prompt)
+    if fast_metric:
+        outputs = {"answers": metric.answers.to(device), "final_only": True}
+        base_logits = None
+    else:
+        outputs = {"full_logits": True}
+        base_logits = logits_of(w, base_run)
 
-    senders = [*plan.senders, (plan.last_layer, -1)]
-    vocab = 0 if fast_metric else weights.W_U.shape[1]
-    size = _chunk_size(n, seq, weights, vocab, chunk_bytes, base.stream[0].element_size())
+    vocab = 0 if fast_metric else w.d_vocab
+    size = _chunk_size(n, seq - runs.start, w, vocab, chunk_bytes)
+    run_chunk = _freeze_chunk if mode == "freeze" else _direct_chunk
     values: list[torch.Tensor] = []
     changes: list[torch.Tensor] = []
     outside = 0.0
     chunks = 0
-    for start in range(0, len(senders), size):
-        chunk = senders[start : start + size]
-        if mode == "freeze":
-            source = _freeze_inputs(base, weights, plan, chunk, z_clean, z_corrupted, first_change)
-        else:
-            source = _direct_inputs(base, weights, plan, chunk, z_clean, z_corrupted)
-        resid, chunk_outside = _step3(base, weights, plan, source, final_only=fast_metric)
-        changes.append(source.change)
-        outside = max(outside, chunk_outside)
-        if fast_metric:
-            final = _ln(resid[..., -1, :], weights.eps)
-            answers = metric.answers.to(device)
-            answer_logits = torch.einsum("snd,dna->sna", final, weights.W_U[:, answers])
-            answer_logits = answer_logits + weights.b_U[answers]
-            values.append(metric.with_per_prompt(True).from_answer_logits(answer_logits))
-        else:
-            logits = _ln(resid, weights.eps) @ weights.W_U + weights.b_U
-            values.append(
-                torch.stack([_metric_value(metric, row, n, per_prompt) for row in logits])
-            )
+    for layer, heads, with_null in _chunks(plan, w.n_heads, size):
+        write = _sender_writes(w, runs, layer, heads, with_null)
+        out, change = run_chunk(w, runs, plan, layer, write, outputs)
+        changes.append(change)
+        if out.leaks:
+            outside = max(outside, float(torch.stack(list(out.leaks.values())).max()))
+        values.append(_values(out, metric, n, per_prompt, base_logits))
         chunks += 1
 
     all_values = torch.cat(values).float().cpu()
@@ -675,9 +518,7 @@ def path_patch_detailed(
             caches = tuple({name: z[:keep] for name, z in cache.items()} for cache in caches)
             check_metric = metric.for_prompts(keep)
             fast_value = per_prompt_values[flat, :keep]
-        hooked = _hooked_value(
-            model, tokens, caches, check_metric, plan, verified_sender, mode, weights
-        )
+        hooked = _hooked_value(model, tokens, caches, check_metric, plan, verified_sender, mode, w)
         verification_error = float((hooked.float().cpu() - fast_value).abs().max())
         forwards += 2 if mode == "freeze" else 1
         if verification_error > _tolerance(fast_value):
@@ -702,13 +543,13 @@ def path_patch_detailed(
 def _bridge_value(
     model: TransformerBridge,
     tokens: torch.Tensor,
-    metric: Metric | LogitDiffMetric,
+    metric: Metric,
     n: int,
     per_prompt: bool,
 ) -> torch.Tensor:
     """The bridge's own (unhooked) metric of the base prompts: per prompt on the first
     ``VERIFY_PROMPTS`` with the fast metric (prompts are independent), else on all of them."""
-    if isinstance(metric, LogitDiffMetric):
+    if reads_answer_logits_only(metric):
         keep = min(n, VERIFY_PROMPTS)
         return metric.for_prompts(keep)(model(tokens[:keep]))
     return _metric_value(metric, model(tokens), n, per_prompt)
@@ -726,11 +567,11 @@ def _hooked_value(
     model: TransformerBridge,
     tokens: tuple[torch.Tensor, torch.Tensor],
     z_caches: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
-    metric: Metric | LogitDiffMetric,
+    metric: Metric,
     plan: _Plan,
     sender: Head,
     mode: str,
-    weights: _Weights,
+    weights: ForwardWeights,
 ) -> torch.Tensor:
     """One sender through the bridge's hooks, with proofs that each hook did its job.
 
@@ -830,7 +671,7 @@ def path_patch(
     model: TransformerBridge,
     clean_tokens: Int[torch.Tensor, "n seq"],
     corrupted_tokens: Int[torch.Tensor, "n seq"],
-    metric: Metric | LogitDiffMetric,
+    metric: Metric,
     receivers: Sequence[Head],
     receiver_input: ReceiverInput,
     mode: PathMode = "freeze",
@@ -868,7 +709,7 @@ def compare_path_modes(
     model: TransformerBridge,
     clean_tokens: Int[torch.Tensor, "n seq"],
     corrupted_tokens: Int[torch.Tensor, "n seq"],
-    metric: Metric | LogitDiffMetric,
+    metric: Metric,
     receivers: Sequence[Head],
     receiver_input: ReceiverInput,
     per_prompt: bool = False,

@@ -6,8 +6,11 @@ are those of the *deciding* check (the most severe, then the largest corrected p
 A case that could not be measured (e.g. the dataset filter emptied it) is an ``ERROR``.
 """
 
+import contextlib
 import json
 import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from circuit.layouts import TABLE_LAYOUTS
 from circuit.statistics import VERDICT_ORDER, Judgement, Verdict, confidence_text, worst
 
 ERROR = "ERROR"
@@ -110,7 +114,6 @@ def table_rows(records: Sequence[ClaimRecord]) -> list[list[str]]:
 
 
 COMPACT_HEADERS = ("claim/variant", "check", "stat", "interval", "n", "p (BH)", "verdict")
-TABLE_LAYOUTS = ("auto", "full", "compact")
 
 
 def compact_rows(records: Sequence[ClaimRecord]) -> list[list[str]]:
@@ -231,11 +234,25 @@ def json_report(records: Sequence[ClaimRecord], environment: Mapping[str, Any]) 
     }
 
 
+def write_json(path: Path | str, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (parents created): a failure leaves no
+    partial file behind. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(json.dumps(data, indent=2, allow_nan=False))
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return path
+
+
 def write_json_report(
     path: Path | str, records: Sequence[ClaimRecord], environment: Mapping[str, Any]
 ) -> Path:
-    """Write :func:`json_report` to ``path`` (parents created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_report(records, environment), indent=2, allow_nan=False))
-    return path
+    """Write :func:`json_report` to ``path`` (see :func:`write_json`); returns the path."""
+    return write_json(path, json_report(records, environment))

@@ -6,7 +6,7 @@ from test_forward import boot, pythia_70m, save_tiny_neox
 from transformers import AutoTokenizer
 
 from circuit.models import BUNDLED_DIR, load_model
-from fixtures.claim_session import ModelCache
+from circuit.pipeline.model_cache import ModelCache
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,7 @@ Everything here is deliberately unoptimised: the fast routines in ``circuit.path
 for equality against these.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
@@ -19,8 +19,8 @@ from jaxtyping import Float, Int
 from transformer_lens import patching
 from transformer_lens.model_bridge import TransformerBridge
 
-Metric = Callable[[torch.Tensor], torch.Tensor]
-Head = tuple[int, int]
+from circuit.heads import Head
+from circuit.metrics import Metric
 
 
 class HookDidNotFireError(RuntimeError):

@@ -1,7 +1,7 @@
 """Batched head ablation equals the plain hook implementation, and proves itself.
 
 ``circuit.ablation.ablate_heads`` runs many head masks per forward through
-``circuit.forward``; ``reference_ablate_heads`` runs one bridge forward per mask with
+``circuit.engine``; ``reference_ablate_heads`` runs one bridge forward per mask with
 ``blocks.{l}.attn.hook_z`` hooks. They must agree within 1e-5 (relative to the values'
 scale) on the bundled model and on ``random:pythia-70m``, for every ablation method and
 source, at all positions and at chosen positions.

@@ -4,7 +4,7 @@ import pytest
 import torch
 from test_forward import boot, pythia_70m, save_tiny_neox, tokens_for
 
-from circuit.attribution import logit_attribution, word_mover_profile
+from circuit.attribution import head_writes, logit_attribution, word_mover_profile
 from circuit.guards import PatchingError
 from circuit.metrics import logit_diff
 
@@ -112,3 +112,31 @@ def test_bad_inputs_are_rejected(model):
         logit_attribution(model, tokens, answers[:2])
     with pytest.raises(PatchingError, match="2-D LongTensor"):
         logit_attribution(model, tokens[0], answers)
+
+
+def test_head_writes_equal_the_cache_based_clean_run(model):
+    """The one per-head routine against the cache-based computation ``clean_run`` and
+    ``circuit.training.attribution`` used before, written out plainly as the reference."""
+    tokens, answers = _problem(model)
+    logits, cache = model.run_with_cache(tokens)
+    stacked = cache.stack_head_results(layer=-1, pos_slice=-1)
+    scaled = cache.apply_ln_to_stack(stacked, layer=-1, pos_slice=-1)  # [L*H, n, d]
+    directions = model.tokens_to_residual_directions(answers).reshape(len(tokens), 2, -1)
+    shape = (len(tokens), model.cfg.n_layers, model.cfg.n_heads)
+    right = torch.einsum("knd,nd->nk", scaled, directions[:, 0]).reshape(shape)
+    wrong = torch.einsum("knd,nd->nk", scaled, directions[:, 1]).reshape(shape)
+    attention = torch.stack(
+        [cache["pattern", layer][:, :, -1, :] for layer in range(model.cfg.n_layers)], dim=1
+    )
+    writes = head_writes(model, tokens, answers)
+    atol = 1e-9 if model.cfg.dtype == torch.float64 else 1e-4
+    assert writes.right.shape == writes.wrong.shape == writes.dla.shape == shape
+    assert writes.attention.shape == (*shape, tokens.shape[1])
+    torch.testing.assert_close(writes.right, right, rtol=0, atol=atol)
+    torch.testing.assert_close(writes.wrong, wrong, rtol=0, atol=atol)
+    torch.testing.assert_close(writes.dla, right - wrong, rtol=0, atol=atol)
+    torch.testing.assert_close(writes.attention, attention, rtol=0, atol=atol)
+    torch.testing.assert_close(writes.logit_diff, logit_diff(logits, answers), rtol=0, atol=atol)
+    torch.testing.assert_close(
+        writes.dla, logit_attribution(model, tokens, answers).heads, rtol=0, atol=atol
+    )

@@ -23,32 +23,34 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuit import attribution, forward, guards, patching, paths
-from circuit.claims import ClaimFileError, Head, parse_claim_text
-from circuit.forward import ForwardError
+from circuit import attribution, guards, patching, paths
+from circuit import engine as forward
+from circuit.claims import ClaimFileError, parse_claim_text
+from circuit.engine import ForwardError
 from circuit.guards import PatchingError
+from circuit.heads import Head
 from circuit.metrics import LogitDiffMetric, MetricError, logit_diff
 from circuit.models import ModelSpecError, ModelUnavailableError, load_model, resolve
-from circuit.sweeps import SubjectKey, SweepStore
-from circuit.syllogisms import DatasetError, build_dataset
-from fixtures.claim_session import (
+from circuit.pipeline.cases import select_cases
+from circuit.pipeline.options import (
     ClaimOptions,
     ClaimSetupError,
     check_cache_dir,
     check_options,
     check_output_file,
-    select_cases,
     select_files,
     unique_paths,
 )
-from fixtures.plugin import write_report
+from circuit.reports import write_json
+from circuit.sweeps import SubjectKey, SweepStore
+from circuit.syllogisms import DatasetError, build_dataset
 from fixtures.tiny_model import write_tiny_model
+from tests.support import claims_project, collected_cases, run_claims, write_claims
 
 pytest_plugins = ("pytester",)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIMS_DIR = ROOT / "claims"
-TEST_MODULES = ("test_word_movers", "test_value_position", "test_query_influencers")
 NO_CUDA = not torch.cuda.is_available()
 MISSING_HUB_MODEL = "circuit-claims-test/no-such-model"
 
@@ -568,7 +570,7 @@ def test_output_checks_leave_nothing_behind(tmp_path: Path) -> None:
 def test_a_report_that_cannot_be_written_leaves_no_partial_file(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     with pytest.raises(ValueError, match="Out of range float"):
-        write_report(path, {"statistic": float("nan")})
+        write_json(path, {"statistic": float("nan")})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -660,19 +662,13 @@ def test_a_download_fails_fast_in_one_line(monkeypatch, offline: bool) -> None:
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, tiny_path: Path) -> pytest.Pytester:
-    """A project with the shipped claim test modules and one claim file about the tiny model."""
-    pytester.makeini("[pytest]\n")
-    directory = pytester.path / "claims"
-    directory.mkdir()
-    for name in TEST_MODULES:
-        (directory / f"{name}.py").write_text((CLAIMS_DIR / f"{name}.py").read_text())
+    """A project with one claim file about the tiny model."""
     tiny = CLAIM_HEADER.replace('"bundled"', f'"{tiny_path}"') + MOVERS
-    (directory / "tiny.toml").write_text(tiny)
+    write_claims(claims_project(pytester), "tiny.toml", tiny)
     return pytester
 
 
-def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return project.runpytest("-p", "fixtures.plugin", "-p", "no:cacheprovider", "claims", *args)
+run = run_claims
 
 
 def usage_cases(project: pytest.Pytester, tiny_path: Path) -> list[tuple[str, list, tuple]]:
@@ -748,7 +744,7 @@ def test_bad_options_are_one_line_usage_errors(project: pytest.Pytester, tiny_pa
         start = time.perf_counter()
         result = run(project, *args, *extra)
         elapsed = time.perf_counter() - start
-        out = result.stdout.str() + result.stderr.str()
+        out = result.stdout.str() + "\n" + result.stderr.str()
         assert result.ret == pytest.ExitCode.USAGE_ERROR, f"{name}: {result.ret}\n{out}"
         errors = [line for line in out.splitlines() if line.startswith("ERROR:")]
         assert len(errors) == 1, f"{name}: {out}"
@@ -805,8 +801,7 @@ def test_claims_given_twice_are_collected_once(project: pytest.Pytester) -> None
     relative = os.path.relpath(tiny, project.path)
     result = run(project, "--claims", str(tiny), "--claims", relative, "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.OK
-    collected = [line for line in result.stdout.lines if "::test_" in line]
-    assert collected == ["claims/test_word_movers.py::test_word_movers[movers[L1H0,L1H1]-heldout]"]
+    assert collected_cases(result) == ["movers[L1H0,L1H1]-heldout"]
 
 
 def test_more_pairs_than_exist_fail_the_case_with_the_reason(project: pytest.Pytester) -> None:

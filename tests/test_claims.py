@@ -5,14 +5,13 @@ from pathlib import Path
 import pytest
 
 from circuit.claims import (
-    KIND_SCHEMAS,
     ClaimFileError,
-    Head,
     discover_claim_files,
     load_claim_file,
     parse_claim_text,
     validate_for_model,
 )
+from circuit.heads import Head
 from circuit.kinds import KINDS
 
 CLAIMS_DIR = Path(__file__).resolve().parent.parent / "claims"
@@ -70,8 +69,29 @@ def test_valid_file_parses_into_claims_and_cases():
     ]
 
 
-def test_every_schema_kind_has_a_measurement():
-    assert set(KIND_SCHEMAS) == set(KINDS)
+def test_every_kind_module_is_registered_with_its_schema_and_evidence():
+    assert set(KINDS) == {
+        "word-movers",
+        "value-position",
+        "query-influencers",
+        "sufficiency",
+        "necessity",
+        "minimality",
+    }
+    for name, kind in KINDS.items():
+        assert kind.name == name
+        assert kind.schema.heads
+        assert callable(kind.evidence)
+        assert callable(kind.check)
+
+
+def test_an_unknown_kind_is_an_error_naming_the_known_ones():
+    text = 'model = "bundled"\n[dataset]\nvariants = ["heldout"]\n[[claims]]\nid = "x"\n'
+    text += 'kind = "no-such-kind"\nheads = ["L1H0"]\n'
+    with pytest.raises(
+        ClaimFileError, match=r"unknown kind .no-such-kind.; known kinds: .*word-movers"
+    ):
+        parse_claim_text(text, "x.toml")
 
 
 @pytest.mark.parametrize("path", discover_claim_files(CLAIMS_DIR), ids=lambda p: p.name)
@@ -265,7 +285,7 @@ def _planted_subject(n: int = 40):
 
 def _judge_planted(claims_text: str):
     from circuit.claims import ClaimCase
-    from circuit.kinds.runner import judge_run, measure_case
+    from circuit.pipeline.judging import judge_run, measure_case
 
     parsed = parse_claim_text(claims_text, "planted.toml")
     subject = _planted_subject()

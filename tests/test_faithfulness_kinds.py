@@ -19,15 +19,19 @@ import pytest
 import torch
 
 from circuit.ablation import Ablation, ablate_heads
-from circuit.claims import ClaimCase, ClaimFile, ClaimFileError, Head, load_claim_file
+from circuit.claims import ClaimCase, ClaimFile, ClaimFileError, load_claim_file
 from circuit.claims import parse_claim_text as parse
-from circuit.kinds import evidence_for
+from circuit.heads import Head
+from circuit.kinds import KINDS as REGISTRY
 from circuit.kinds.faithfulness import masks_keeping
 from circuit.kinds.measurements import Subject, clean_run, study_metric
+from circuit.pipeline.cases import select_cases
+from circuit.pipeline.judging import judge_cases
+from circuit.pipeline.model_cache import ModelCache
+from circuit.pipeline.options import ClaimOptions
 from circuit.statistics import VerdictSettings
 from circuit.sweeps import SubjectKey, SweepStore
 from circuit.syllogisms import build_dataset
-from fixtures.claim_session import ClaimOptions, ModelCache, judge_cases, select_cases
 
 BUNDLED_CLAIMS = Path(__file__).resolve().parent.parent / "claims" / "bundled.toml"
 KINDS = ("sufficiency", "necessity", "minimality")
@@ -135,7 +139,7 @@ def _claim(kind: str, threshold: float = 0.5, heads=CIRCUIT, **options: str):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_checks_of_each_kind(subject, kind):
-    checks = evidence_for(_claim(kind), subject, VerdictSettings())
+    checks = REGISTRY[kind].evidence(_claim(kind), subject, VerdictSettings())
     names = [e.check for e in checks]
     assert names[0] == "gap"
     per_head = {"sufficiency": "removal", "necessity": "alone", "minimality": "loss"}[kind]
@@ -153,7 +157,9 @@ def test_checks_of_each_kind(subject, kind):
 def test_recovered_is_the_fraction_of_the_gap_kept(subject):
     """The sufficiency statistic, recomputed from ablate_heads and the baselines."""
     options = {"ablation": "mean", "ablation_source": "clean"}
-    (_, recovered, *_) = evidence_for(_claim("sufficiency", **options), subject, VerdictSettings())
+    (_, recovered, *_) = REGISTRY["sufficiency"].evidence(
+        _claim("sufficiency", **options), subject, VerdictSettings()
+    )
     data = subject.dataset
     metric = study_metric(subject)
     masks = masks_keeping([np.array([h.flat(8) for h in CIRCUIT])], 4, 8)
@@ -224,7 +230,7 @@ def test_a_circuit_missing_a_head_fails_sufficiency(models):
     remaining heads do not keep the claimed share of the gap."""
     subject = _control_subject(models)
     minimality = _case("minimality", CIRCUIT, "probe").claim
-    checks = evidence_for(minimality, subject, VerdictSettings())
+    checks = REGISTRY["minimality"].evidence(minimality, subject, VerdictSettings())
     losses = {e.check: e.observed() for e in checks if e.check.startswith("loss[")}
     biggest = max(CIRCUIT, key=lambda h: losses[f"loss[{h}]"])
     missing = tuple(h for h in CIRCUIT if h != biggest)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from circuit.__main__ import main
+from circuit.pipeline.options import ClaimOptions, ClaimSetupError, check_options
 from circuit.statistics import (
     Clusters,
     Evidence,
@@ -22,7 +23,6 @@ from circuit.statistics import (
     permuted_columns_null,
     weighted_mean,
 )
-from fixtures.claim_session import ClaimOptions, ClaimSetupError, check_options
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")

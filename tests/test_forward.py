@@ -13,7 +13,9 @@ import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from circuit import forward as F
+from circuit.engine import forward as F
+from circuit.engine import memory as M
+from circuit.engine.weights import weights_of
 from circuit.models import ModelUnavailableError, load_model, random_hf_model
 
 TINY_SEED = 0
@@ -129,9 +131,9 @@ def test_run_equals_bridge_at_every_hook(name, request):
     model = request.getfixturevalue(name)
     tokens = tokens_for(model, 3, 9)
     logits, cache = model.run_with_cache(tokens)
-    w = F.weights_of(model)
+    w = weights_of(model)
     assert w.dtype == model.cfg.dtype
-    assert F.weights_of(model) is w, "weights are extracted once per model"
+    assert weights_of(model) is w, "weights are extracted once per model"
     ours = F.run(w, tokens)
     tol = _tolerance(model)
     for layer in range(model.cfg.n_layers):
@@ -152,7 +154,7 @@ def test_run_equals_bridge_at_every_hook(name, request):
 @pytest.mark.parametrize("name", ["tiny32", "tiny64", "pythia70"])
 def test_start_layer_and_position_reproduce_the_run(name, request):
     model = request.getfixturevalue(name)
-    w = F.weights_of(model)
+    w = weights_of(model)
     tokens = tokens_for(model, 2, 8)
     base = F.run(w, tokens)
     answers = tokens_for(model, 2, 2, seed=3)
@@ -192,7 +194,7 @@ def test_edits_equal_hooked_bridge_runs(site, name, request):
     """An edit of some heads, some rows and (from ``start_pos``) some positions gives the
     logits of the bridge run with a hook making the same edit."""
     model = request.getfixturevalue(name)
-    w = F.weights_of(model)
+    w = weights_of(model)
     tokens = tokens_for(model, 3, 8)
     other = tokens_for(model, 3, 8, seed=9)
     base, donor = F.run(w, tokens), F.run(w, other)
@@ -227,7 +229,7 @@ def test_edits_equal_hooked_bridge_runs(site, name, request):
 
 def test_variants_batch_like_separate_forwards(tiny32):
     """Rows ``v * n + i`` with values shared over variants equal one forward per variant."""
-    w = F.weights_of(tiny32)
+    w = weights_of(tiny32)
     tokens, other = tokens_for(tiny32, 3, 7), tokens_for(tiny32, 3, 7, seed=2)
     base, donor = F.run(w, tokens), F.run(w, other)
     answers = tokens_for(tiny32, 3, 2, seed=4)
@@ -261,7 +263,7 @@ def test_frozen_heads_let_mlps_recompute(name, request):
     the study's path patching step 2 does, equals the hooked bridge (MLPs recompute), and the
     recorded receiver queries equal the bridge's."""
     model = request.getfixturevalue(name)
-    w = F.weights_of(model)
+    w = weights_of(model)
     clean_tokens, corrupted_tokens = tokens_for(model, 2, 6), tokens_for(model, 2, 6, seed=7)
     clean, corrupted = F.run(w, clean_tokens), F.run(w, corrupted_tokens)
     sender = (0, 2)
@@ -301,7 +303,7 @@ def test_frozen_heads_let_mlps_recompute(name, request):
 
 
 def test_forward_rejects_bad_requests(tiny32):
-    w = F.weights_of(tiny32)
+    w = weights_of(tiny32)
     base = F.run(w, tokens_for(tiny32, 2, 5))
     resid = base.resid_pre[1]
     with pytest.raises(F.ForwardError, match="start_layer"):
@@ -317,13 +319,13 @@ def test_forward_rejects_bad_requests(tiny32):
 
 
 def test_chunk_planner_respects_the_budget(tiny32):
-    w = F.weights_of(tiny32)
-    per_row = F.bytes_per_row(w, 20)
+    w = weights_of(tiny32)
+    per_row = M.bytes_per_row(w, 20)
     assert per_row > 20 * w.d_model * w.bytes_per_element
-    assert F.plan_chunk_rows(w, 20, 10, memory_budget=per_row * 10 * 3) == 3
-    assert F.plan_chunk_rows(w, 20, 10, memory_budget=1) == 1
-    assert F.plan_chunk_rows(w, 20, 10, memory_budget=2**40, max_variants=4) == 4
-    assert F.bytes_per_row(w, 40) > 2 * per_row, "attention grows quadratically"
+    assert M.plan_chunk_rows(w, 20, 10, memory_budget=per_row * 10 * 3) == 3
+    assert M.plan_chunk_rows(w, 20, 10, memory_budget=1) == 1
+    assert M.plan_chunk_rows(w, 20, 10, memory_budget=2**40, max_variants=4) == 4
+    assert M.bytes_per_row(w, 40) > 2 * per_row, "attention grows quadratically"
 
 
 def test_pythia_410m_head_sweep_fits_24_gib():
@@ -334,13 +336,13 @@ def test_pythia_410m_head_sweep_fits_24_gib():
     d_head = d_model // n_heads
     weight_bytes = 4 * (n_layers * 12 * d_model**2 + 2 * vocab * d_model)
     for n, seq in ((56, 22), (1024, 128)):
-        plan = F.plan_sweep(n_layers, d_model, n_heads, d_head, d_mlp, n, seq, n_heads, 4)
+        plan = M.plan_sweep(n_layers, d_model, n_heads, d_head, d_mlp, n, seq, n_heads, 4)
         assert 1 <= plan.prompts <= n
         assert 1 <= plan.variants <= n_heads
-        assert plan.peak_bytes <= F.DEFAULT_MEMORY_BUDGET
+        assert plan.peak_bytes <= M.DEFAULT_MEMORY_BUDGET
         assert weight_bytes + plan.peak_bytes < 24 * 2**30
-    small = F.plan_sweep(n_layers, d_model, n_heads, d_head, d_mlp, 56, 22, n_heads, 4)
-    large = F.plan_sweep(n_layers, d_model, n_heads, d_head, d_mlp, 1024, 128, n_heads, 4)
+    small = M.plan_sweep(n_layers, d_model, n_heads, d_head, d_mlp, 56, 22, n_heads, 4)
+    large = M.plan_sweep(n_layers, d_model, n_heads, d_head, d_mlp, 1024, 128, n_heads, 4)
     assert large.prompts < 1024, "a large batch is split into prompt chunks"
     assert small.prompts * small.variants >= large.prompts * large.variants
 
@@ -348,7 +350,7 @@ def test_pythia_410m_head_sweep_fits_24_gib():
 def test_bytes_estimate_bounds_a_measured_forward(tiny32):
     """The per-row estimate bounds the bytes a forward allocates per layer (all allocations,
     counted by the profiler on the CPU allocator: more than the peak)."""
-    w = F.weights_of(tiny32)
+    w = weights_of(tiny32)
     tokens = tokens_for(tiny32, 8, 16)
     base = F.run(w, tokens)
     edit = F.Edit(1, "v", base.v[1], F.head_mask(w, [0]))
@@ -358,14 +360,14 @@ def test_bytes_estimate_bounds_a_measured_forward(tiny32):
         F.forward(w, base.resid_pre[1], start_layer=1, edits=[edit], full_logits=False)
     allocated = sum(max(e.cpu_memory_usage, 0) for e in prof.key_averages())
     layers_run = w.n_layers - 1
-    assert allocated <= F.bytes_per_row(w, 16) * 8 * layers_run
-    assert allocated >= F.bytes_per_row(w, 16) * 8 * layers_run / 4, "estimate is not loose"
+    assert allocated <= M.bytes_per_row(w, 16) * 8 * layers_run
+    assert allocated >= M.bytes_per_row(w, 16) * 8 * layers_run / 4, "estimate is not loose"
 
 
 def test_final_query_from_a_later_position_reproduces_the_run(pythia70):
     """The last layer's one-query attention (keys beyond the rotary dims and values folded
     through the pattern) reads earlier keys and values from the prefix, for variant rows too."""
-    w = F.weights_of(pythia70)
+    w = weights_of(pythia70)
     base = F.run(w, tokens_for(pythia70, 3, 9))
     last = w.n_layers - 1
     for pos in (0, 4, 8):
@@ -377,7 +379,7 @@ def test_final_query_from_a_later_position_reproduces_the_run(pythia70):
 
 
 def test_run_pair_equals_two_runs_and_runs_each_sequence_once(tiny64, monkeypatch):
-    w = F.weights_of(tiny64)
+    w = weights_of(tiny64)
     clean = tokens_for(tiny64, 4, 6)
     corrupted = clean[[1, 0, 3, 2]].clone()
     corrupted[3, 2] = (corrupted[3, 2] + 1) % 300  # one corrupted prompt is new
@@ -406,7 +408,7 @@ def test_run_pair_equals_two_runs_and_runs_each_sequence_once(tiny64, monkeypatc
 def test_records_are_not_overwritten_by_later_forwards(tiny32):
     """Recorded q/k/v are views of the projection only when it is not a reused scratch buffer:
     a later forward of the same shape must leave them as they were."""
-    w = F.weights_of(tiny32)
+    w = weights_of(tiny32)
     base = F.run(w, tokens_for(tiny32, 2, 6))
     other = F.run(w, tokens_for(tiny32, 2, 6, seed=8))
     sites = [(1, "q"), (1, "k"), (1, "v")]
@@ -420,18 +422,18 @@ def test_records_are_not_overwritten_by_later_forwards(tiny32):
 
 def test_cpu_plan_caps_the_widest_activation(tiny32):
     """On CPU the variants per forward keep ``rows x seq x max(d_mlp, 3 * heads * d_head)``
-    under :data:`circuit.forward.CPU_TENSOR_BYTES` (here: Pythia-70m's shape, 32 prompts of
+    under :data:`circuit.engine.memory.CPU_TENSOR_BYTES` (here: Pythia-70m's shape, 32 prompts of
     22 tokens, the benchmark's sweep)."""
     d_model, n_layers, n_heads, d_mlp = 512, 6, 8, 2048
     args = (n_layers, d_model, n_heads, 64, d_mlp, 32, 22, n_heads, 4)
-    uncapped = F.plan_sweep(*args)
-    capped = F.plan_sweep(*args, max_tensor_bytes=F.CPU_TENSOR_BYTES)
+    uncapped = M.plan_sweep(*args)
+    capped = M.plan_sweep(*args, max_tensor_bytes=M.CPU_TENSOR_BYTES)
     assert uncapped.variants == n_heads
     assert capped.variants == 4
-    assert capped.variants * 32 * 22 * d_mlp * 4 <= F.CPU_TENSOR_BYTES
-    assert F.plan_sweep(*args, max_tensor_bytes=1).variants == 1, "one variant always runs"
-    w = F.weights_of(tiny32)
-    assert F.plan_for(w, 4, 7, 4, F.DEFAULT_MEMORY_BUDGET).variants == 4
+    assert capped.variants * 32 * 22 * d_mlp * 4 <= M.CPU_TENSOR_BYTES
+    assert M.plan_sweep(*args, max_tensor_bytes=1).variants == 1, "one variant always runs"
+    w = weights_of(tiny32)
+    assert M.plan_for(w, 4, 7, 4, M.DEFAULT_MEMORY_BUDGET).variants == 4
 
 
 @pytest.mark.parametrize("site", ["q", "k"])
@@ -439,7 +441,7 @@ def test_a_one_position_forward_records_the_edited_activation(tiny32, site):
     """From the last position alone (a by-position patch there), an edited ``q``/``k`` is
     recorded as edited: rotary must not be applied to the record in place (a transposed
     one-position tensor counts as contiguous, so ``.contiguous()`` would not copy)."""
-    w = F.weights_of(tiny32)
+    w = weights_of(tiny32)
     base, donor = F.run(w, tokens_for(tiny32, 2, 6)), F.run(w, tokens_for(tiny32, 2, 6, seed=4))
     mask = torch.zeros(2, 6, w.n_heads, 1, dtype=torch.bool)
     mask[:, 5, 1] = True

@@ -4,8 +4,9 @@ import pytest
 import torch
 from test_forward import boot, save_tiny_neox, tokens_for
 
-from circuit import forward as F
-from circuit import lowrank
+from circuit.engine import forward as F
+from circuit.engine import lowrank
+from circuit.engine.weights import weights_of
 
 
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -13,7 +14,7 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def _plain(w, base, layer, heads, z_diff, start_pos):
-    """The same variants through :func:`circuit.forward.forward`: add the head writes to
+    """The same variants through :func:`circuit.engine.forward.forward`: add the head writes to
     ``resid_post(layer)`` and run one block."""
     delta = torch.einsum("npve,ved->vnpd", z_diff, w.W_O[layer][heads])
     resid = (base.resid_post(layer)[:, start_pos:] + delta).flatten(0, 1)
@@ -29,7 +30,7 @@ def test_next_block_equals_the_plain_forward(name, start_pos, request):
     """Head patches from another run (real ``z`` differences) and random ones, at every layer
     with a following block that is not the last, several heads per batch."""
     model = request.getfixturevalue(name)
-    w = F.weights_of(model)
+    w = weights_of(model)
     tol = 1e-10 if w.dtype == torch.float64 else 2e-5
     base = F.run(w, tokens_for(model, 3, 8))
     donor = F.run(w, tokens_for(model, 3, 8, seed=5))
@@ -49,7 +50,7 @@ def test_next_block_equals_the_plain_forward(name, start_pos, request):
 
 
 def test_a_zero_write_reproduces_the_base_run(tiny64):
-    w = F.weights_of(tiny64)
+    w = weights_of(tiny64)
     base = F.run(w, tokens_for(tiny64, 2, 6))
     prepared = lowrank.prepare_next_block(w, base, 0)
     z_diff = torch.zeros(2, 6, 2, w.d_head, dtype=w.dtype)
@@ -58,11 +59,11 @@ def test_a_zero_write_reproduces_the_base_run(tiny64):
 
 
 def test_needs_a_parallel_model_and_a_block_that_is_not_last(tiny32, tmp_path):
-    w = F.weights_of(tiny32)
+    w = weights_of(tiny32)
     base = F.run(w, tokens_for(tiny32, 2, 5))
     with pytest.raises(ValueError, match="not the last"):
         lowrank.prepare_next_block(w, base, w.n_layers - 2)
     sequential = boot(save_tiny_neox(tmp_path / "seq", parallel=False))
-    ws = F.weights_of(sequential)
+    ws = weights_of(sequential)
     with pytest.raises(ValueError, match="parallel"):
         lowrank.prepare_next_block(ws, F.run(ws, tokens_for(sequential, 2, 5)), 0)

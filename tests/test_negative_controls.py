@@ -18,10 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from circuit.claims import ClaimCase, ClaimFile, Head, load_claim_file
+from circuit.claims import ClaimCase, ClaimFile, load_claim_file
+from circuit.heads import Head
 from circuit.kinds.measurements import Subject, clean_run
+from circuit.pipeline.cases import select_cases
+from circuit.pipeline.judging import judge_cases
+from circuit.pipeline.model_cache import ModelCache
+from circuit.pipeline.options import ClaimOptions
 from circuit.sweeps import SubjectKey, SweepStore
-from fixtures.claim_session import ClaimOptions, ModelCache, judge_cases, select_cases
 
 BUNDLED_CLAIMS = Path(__file__).resolve().parent.parent / "claims" / "bundled.toml"
 N_PAIRS = 16

@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from test_forward import boot, save_tiny_neox
 
+from circuit.engine import kernels
 from circuit.guards import PatchingError
 from circuit.metrics import LogitDiffMetric, normalised_metric
 from circuit.paths import (
@@ -117,7 +119,7 @@ def test_chunking_does_not_change_results(tiny, task):
     one_sender_per_chunk = path_patch_detailed(
         tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "v", chunk_bytes=1
     )
-    assert one_sender_per_chunk.evidence.sender_chunks == 2 * 4 + 1
+    assert one_sender_per_chunk.evidence.sender_chunks == 2 * 4  # the null row rides along
     assert_equal_with_nans(one_sender_per_chunk.values, whole)
 
 
@@ -162,15 +164,15 @@ def test_verification_with_a_generic_metric_uses_every_prompt(tiny, task):
     assert unverified.evidence.model_forwards == 1
 
 
+def _zero_mlp(w, layer, x):
+    """A wrong MLP hidden layer (all zeros) for the engine's kernels."""
+    return x.new_zeros(x[..., 0].numel(), w.d_mlp)
+
+
 def test_a_fast_path_that_drifts_from_the_model_is_caught(tiny, task, monkeypatch):
-    """A wrong MLP in the functional forward: the unpatched row no longer reproduces."""
-    import circuit.paths as paths
-
-    def wrong_mlp(x, weights, layer):
-        return torch.zeros_like(x)
-
+    """A wrong MLP in the engine: the unpatched row no longer reproduces the bridge."""
     clean, corrupted, metric = task
-    monkeypatch.setattr(paths, "_mlp", wrong_mlp)
+    monkeypatch.setattr(kernels, "mlp_hidden", _zero_mlp)
     with pytest.raises(PatchNotAppliedError, match="does not reproduce the model"):
         path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "q")
 
@@ -190,25 +192,62 @@ def test_the_reproduction_proof_reruns_a_few_prompts(tiny, monkeypatch):
         handle.remove()
     assert rows == [paths.VERIFY_PROMPTS]
     assert result.evidence.reproduction_error < TOLERANCE
-    monkeypatch.setattr(paths, "_mlp", lambda x, weights, layer: torch.zeros_like(x))
+    monkeypatch.setattr(kernels, "mlp_hidden", _zero_mlp)
     with pytest.raises(PatchNotAppliedError, match="does not reproduce the model"):
         path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "q")
 
 
 @pytest.mark.parametrize("mode", ["freeze", "direct"])
 def test_a_patch_that_is_silently_dropped_is_caught(tiny, task, monkeypatch, mode):
-    """Receivers fed their unpatched inputs: the hooked re-run of one sender disagrees."""
+    """Receivers fed their unpatched inputs (empty head masks, no first-layer write): the
+    hooked re-run of one sender disagrees, or no receiver input moved at all."""
     import circuit.paths as paths
 
-    original = paths._splice
+    def no_heads(w, heads, n_rows=1):
+        return torch.zeros(n_rows, 1, w.n_heads, 1, dtype=torch.bool)
 
-    def drop_patch(computed, patched, heads):
-        return original(computed, computed[..., heads, :].expand_as(patched), heads)
+    def no_write(w, base, layer, heads, patched, start_pos=0):
+        rows = next(iter(patched.values())).shape
+        n = base.tokens.shape[0]
+        return torch.zeros(rows[0] // n, n, rows[1], w.d_model)
 
     clean, corrupted, metric = task
-    monkeypatch.setattr(paths, "_splice", drop_patch)
-    with pytest.raises(PatchNotAppliedError, match="hooked run gives a metric"):
+    monkeypatch.setattr(paths, "head_mask", no_heads)
+    monkeypatch.setattr(paths, "head_write", no_write)
+    with pytest.raises(PatchNotAppliedError, match=r"hooked run gives a metric|no sender changed"):
         path_patch(tiny, clean, corrupted, metric, [(1, 0), (2, 3)], "k", mode)
+
+
+@pytest.fixture(scope="module")
+def tiny_sequential(tmp_path_factory):
+    """3 layers x 4 heads, sequential blocks (``use_parallel_residual=False``)."""
+    return boot(save_tiny_neox(tmp_path_factory.mktemp("sequential"), parallel=False))
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+@pytest.mark.parametrize("receivers", RECEIVER_SETS, ids=str)
+def test_freeze_equals_study_algorithm_on_sequential_blocks(
+    tiny_sequential, receivers, receiver_input
+):
+    clean, corrupted, metric = make_task(tiny_sequential.cfg.d_vocab, n=3, seq=8, seed=2)
+    expected = study_path_patch(
+        tiny_sequential, clean, corrupted, metric, receivers, receiver_input
+    )
+    actual = path_patch(tiny_sequential, clean, corrupted, metric, receivers, receiver_input)
+    assert_equal_with_nans(actual, expected)
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_direct_equals_reference_on_sequential_blocks(tiny_sequential, receiver_input):
+    clean, corrupted, metric = make_task(tiny_sequential.cfg.d_vocab, n=3, seq=8, seed=2)
+    receivers = [(1, 0), (2, 3)]
+    expected = direct_path_patch(
+        tiny_sequential, clean, corrupted, metric, receivers, receiver_input
+    )
+    actual = path_patch(
+        tiny_sequential, clean, corrupted, metric, receivers, receiver_input, "direct"
+    )
+    assert_equal_with_nans(actual, expected)
 
 
 def test_compare_modes(tiny, task):

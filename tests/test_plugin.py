@@ -6,60 +6,26 @@ CONFIRMED claim passes.
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import circuit.kinds
+import circuit.pipeline.judging
 from circuit.statistics import Clusters, Evidence, Side, weighted_mean
 from fixtures.tiny_model import write_tiny_model
+from tests.support import (
+    MORE_CLAIMS,
+    WORD_MOVERS,
+    claim_file,
+    claims_project,
+    collected_cases,
+    run_claims,
+    write_claims,
+)
 
 pytest_plugins = ("pytester",)
-
-CLAIMS_DIR = Path(__file__).resolve().parent.parent / "claims"
-TEST_MODULES = ("test_word_movers", "test_value_position", "test_query_influencers")
-
-WORD_MOVERS = """
-[[claims]]
-id = "word-movers"
-kind = "word-movers"
-heads = ["L1H0", "L1H1"]
-roles = { attends_to = "descriptor" }
-thresholds = { share = 0.5, top_k = 2, spearman = 0.3 }
-"""
-
-MORE_CLAIMS = """
-[[claims]]
-id = "other-movers"
-kind = "word-movers"
-heads = ["L1H2"]
-roles = { attends_to = "descriptor" }
-thresholds = { share = 0.5, top_k = 1, spearman = 0.3 }
-variants = ["heldout"]
-
-[[claims]]
-id = "values"
-kind = "value-position"
-heads = ["L1H0"]
-roles = { position = "descriptor" }
-thresholds = { share = 0.5 }
-
-[[claims]]
-id = "queries"
-kind = "query-influencers"
-heads = ["L0H1"]
-receivers = ["L1H0"]
-thresholds = { top_k = 1, effect = 0.01 }
-"""
-
-
-def claim_file(model: str | Path, claims: str = WORD_MOVERS, revision: str | None = None) -> str:
-    head = f'model = "{model}"\n'
-    if revision is not None:
-        head += f'revision = "{revision}"\n'
-    recipe = '[dataset]\nvariants = ["heldout", "unfiltered"]\nseed = 1\nn_pairs = 6\n'
-    return head + recipe + claims
 
 
 @pytest.fixture(scope="session")
@@ -69,23 +35,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    """A project (an ini file fixes its rootdir) with the shipped claim test modules."""
-    pytester.makeini("[pytest]\n")
-    directory = pytester.path / "claims"
-    directory.mkdir()
-    for name in TEST_MODULES:
-        (directory / f"{name}.py").write_text((CLAIMS_DIR / f"{name}.py").read_text())
-    return pytester
+    return claims_project(pytester)
 
 
-def write_claims(project: pytest.Pytester, name: str, text: str) -> Path:
-    path = project.path / "claims" / name
-    path.write_text(text)
-    return path
-
-
-def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return project.runpytest("-p", "fixtures.plugin", "-p", "no:cacheprovider", "claims", *args)
+run = run_claims
 
 
 def test_header_ids_table_and_json_report(project, tiny_model):
@@ -100,8 +53,8 @@ def test_header_ids_table_and_json_report(project, tiny_model):
         [
             "circuit-claims: model *, revision *, device cpu, dtype float32",
             "circuit-claims: torch *, transformer-lens *, scipy *",
-            "*test_value_position.py::test_value_position?values?L1H0?-unfiltered? *",
-            "*test_word_movers.py::test_word_movers?word-movers?L1H0,L1H1?-heldout? *",
+            "*tiny.toml::word-movers?L1H0,L1H1?-heldout *",
+            "*tiny.toml::values?L1H0?-unfiltered *",
             "*claim verdicts*",
             "claim*variant*check*statistic*interval*threshold*p*corrected p*verdict*",
         ]
@@ -150,8 +103,8 @@ def test_malformed_claim_file_is_a_usage_error_printed_once(project, tiny_model,
     path = write_claims(project, "broken.toml", text.replace(old, new))
     result = run(project, "--claims", str(path))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    out = result.stdout.str() + result.stderr.str()
-    assert out.count("broken.toml") == 1
+    out = result.stdout.str() + "\n" + result.stderr.str()
+    assert out.count("broken.toml:") == 1  # the error (the header names the file too)
     assert out.count(reason) == 1
     assert "During handling" not in out
     assert "Traceback" not in out
@@ -163,7 +116,7 @@ def test_unavailable_model_skips_with_the_reason(project):
     text = claim_file("EleutherAI/pythia-410m", revision="step143000")
     path = write_claims(project, "pythia.toml", text)
     result = run(project, "--claims", str(path), "-rs", "--claims-allow-skip")
-    result.assert_outcomes(skipped=2)  # the 2 cases; no test for the kinds with no claims
+    result.assert_outcomes(skipped=2)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*SKIPPED*model unavailable*EleutherAI/pythia-410m*"])
     assert "empty parameter set" not in result.stdout.str()
@@ -185,20 +138,15 @@ def test_default_runs_the_claim_files_of_the_model(project, tiny_model):
     write_claims(project, "tiny.toml", claim_file(tiny_model))
     write_claims(project, "pythia.toml", claim_file("EleutherAI/pythia-410m"))
     result = run(project, "--model", str(tiny_model), "--collect-only", "-q")
-    assert _collected_cases(result) == [
+    assert collected_cases(result) == [
         "word-movers[L1H0,L1H1]-heldout",
         "word-movers[L1H0,L1H1]-unfiltered",
-    ]
+    ]  # pythia.toml is about another model: not collected
     project.makeini(f"[pytest]\nclaims_model = {tiny_model}\n")
-    assert len(_collected_cases(run(project, "--collect-only", "-q"))) == 2
+    assert len(collected_cases(run(project, "--collect-only", "-q"))) == 2
     other = run(project, "--collect-only", "-q", "--model", "random:bundled")
     assert other.ret == pytest.ExitCode.USAGE_ERROR  # no claim file is about that model
     other.stderr.fnmatch_lines(["*no claim file is about model 'random:bundled'*tiny.toml*"])
-
-
-def _collected_cases(result: pytest.RunResult) -> list[str]:
-    """Ids of collected claim cases."""
-    return [line.split("[", 1)[1][:-1] for line in result.stdout.lines if "::test_" in line]
 
 
 def test_model_option_runs_a_files_claims_against_another_model(project, tiny_model):
@@ -228,12 +176,12 @@ def _fake_word_movers(strength: float):
 
 @pytest.mark.parametrize(("strength", "outcome"), [(1.0, "passed"), (0.0, "failed")])
 def test_only_confirmed_passes(project, tiny_model, monkeypatch, strength, outcome):
-    kinds = dict(circuit.kinds.KINDS)
-    kinds["word-movers"] = _fake_word_movers(strength)
-    monkeypatch.setattr(circuit.kinds, "KINDS", kinds)
+    kinds = dict(circuit.pipeline.judging.KINDS)
+    kinds["word-movers"] = replace(kinds["word-movers"], evidence=_fake_word_movers(strength))
+    monkeypatch.setattr(circuit.pipeline.judging, "KINDS", kinds)
     path = write_claims(project, "tiny.toml", claim_file(tiny_model))
     result = run(project, "--claims", str(path))
-    result.assert_outcomes(**{outcome: 2})  # no test at all for the two other kinds
+    result.assert_outcomes(**{outcome: 2})
     verdict = "CONFIRMED" if outcome == "passed" else "REFUTED"
     assert result.stdout.str().count(verdict) >= 2
 
@@ -260,3 +208,81 @@ def test_runs_are_deterministic_and_the_disk_cache_is_reused(project, tiny_model
         assert (computed > 0) == first_run  # the first run measures every sweep
         assert (loaded > 0) != first_run  # the second reads every sweep back
     assert reports[0] == reports[1]
+
+
+FAITHFULNESS_CLAIMS = """
+[[claims]]
+id = "kept"
+kind = "sufficiency"
+heads = ["L1H0"]
+ablation = "mean"
+ablation_source = "corrupted"
+thresholds = { recovered = 0.5 }
+variants = ["heldout"]
+
+[[claims]]
+id = "needed"
+kind = "necessity"
+heads = ["L1H0"]
+ablation = "zero"
+thresholds = { drop = 0.5 }
+variants = ["heldout"]
+
+[[claims]]
+id = "minimal"
+kind = "minimality"
+heads = ["L1H0", "L1H1"]
+ablation = "resample"
+ablation_source = "corrupted"
+thresholds = { loss = 0.01 }
+variants = ["heldout"]
+"""
+
+
+def test_every_claim_of_a_file_is_a_test_whatever_its_kind(project, tiny_model):
+    text = claim_file(tiny_model, WORD_MOVERS + MORE_CLAIMS + FAITHFULNESS_CLAIMS)
+    path = write_claims(project, "tiny.toml", text)
+    result = run(project, "--claims", str(path), "--collect-only", "-q")
+    assert collected_cases(result) == [
+        "word-movers[L1H0,L1H1]-heldout",
+        "word-movers[L1H0,L1H1]-unfiltered",
+        "other-movers[L1H2]-heldout",
+        "values[L1H0]-heldout",
+        "values[L1H0]-unfiltered",
+        "queries[L0H1]-heldout",
+        "queries[L0H1]-unfiltered",
+        "kept[L1H0]-heldout",
+        "needed[L1H0]-heldout",
+        "minimal[L1H0,L1H1]-heldout",
+    ]
+
+
+def test_a_claim_file_alone_in_a_directory_is_judged(pytester, tiny_model):
+    """No ini, no ``claims/``: ``pytest --claims FILE`` (or the file as an argument) collects
+    exactly that file, wherever pytest starts."""
+    path = pytester.path / "mine.toml"
+    path.write_text(claim_file(tiny_model))
+    (pytester.path / "pyproject.toml").write_text('[project]\nname = "x"\n')  # not a claim file
+    for args in (("--claims", str(path)), (str(path),)):
+        result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", *args)
+        assert result.ret == pytest.ExitCode.OK
+        assert collected_cases(result) == [
+            "word-movers[L1H0,L1H1]-heldout",
+            "word-movers[L1H0,L1H1]-unfiltered",
+        ]
+
+
+def test_a_run_without_claims_does_not_load_the_pipeline(pytester):
+    pytester.makepyfile(
+        test_plain="""
+        import sys
+
+        def test_plain():
+            assert "circuit.pytest_plugin" in sys.modules  # loaded by its entry point
+            assert "circuit.pytest_claims" not in sys.modules
+            assert "transformer_lens" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=1)
+    assert "circuit-claims:" not in result.stdout.str()

@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from scipy import stats
 
-from circuit.claims import Head
+from circuit.heads import Head
 from circuit.kinds.common import (
     layer_range_pool,
     spearman_per_column,

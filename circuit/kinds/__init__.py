@@ -1,39 +1,30 @@
-"""Claim kinds: what each kind of claim measures, as :class:`~circuit.statistics.Evidence`.
+"""Claim kinds: what each kind of claim states and measures.
 
-``KINDS`` maps every kind named in :data:`circuit.claims.KIND_SCHEMAS` to the function that
-turns a claim, a subject (model x dataset) and the verdict settings (whose effect-size
-floors every kind applies) into its checks' evidence.
+Every module of this package that defines ``KIND`` (a :class:`~circuit.kinds.base.ClaimKind`)
+is a kind; :data:`KINDS` maps each kind's name to it. A claim whose kind is not here is an
+error when its file is parsed, never a silent skip.
 """
 
-from collections.abc import Callable, Mapping
+import importlib
+import pkgutil
+from collections.abc import Mapping
 from types import MappingProxyType
 
-from circuit.claims import Claim
-from circuit.kinds import (
-    minimality,
-    necessity,
-    query_influencers,
-    sufficiency,
-    value_position,
-    word_movers,
-)
-from circuit.kinds.measurements import Subject
-from circuit.statistics import Evidence, VerdictSettings
-
-EvidenceFn = Callable[[Claim, Subject, VerdictSettings], list[Evidence]]
-
-KINDS: Mapping[str, EvidenceFn] = MappingProxyType(
-    {
-        "word-movers": word_movers.evidence,
-        "value-position": value_position.evidence,
-        "query-influencers": query_influencers.evidence,
-        "sufficiency": sufficiency.evidence,
-        "necessity": necessity.evidence,
-        "minimality": minimality.evidence,
-    }
-)
+from circuit.kinds.base import ClaimKind
 
 
-def evidence_for(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
-    """Every check of ``claim`` measured on ``subject``."""
-    return KINDS[claim.kind](claim, subject, settings)
+def _registered() -> dict[str, ClaimKind]:
+    """Every ``KIND`` defined by a module of this package, by name (names must be unique)."""
+    found: dict[str, ClaimKind] = {}
+    for info in sorted(pkgutil.iter_modules(__path__, f"{__name__}."), key=lambda i: i.name):
+        kind = getattr(importlib.import_module(info.name), "KIND", None)
+        if not isinstance(kind, ClaimKind):
+            continue
+        if kind.name in found:
+            raise RuntimeError(f"claim kind {kind.name!r} is defined twice (in {info.name})")
+        found[kind.name] = kind
+    return found
+
+
+KINDS: Mapping[str, ClaimKind] = MappingProxyType(_registered())
+"""Kind name -> :class:`~circuit.kinds.base.ClaimKind`, for every kind module."""

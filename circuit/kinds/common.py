@@ -10,11 +10,15 @@ of the verdict rule.
 """
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
-from circuit.claims import Head
+from circuit.heads import Head
+
+if TYPE_CHECKING:
+    from circuit.claims import Claim
 from circuit.statistics import Clusters, Evidence, Side, weighted_mean
 
 
@@ -192,3 +196,11 @@ def head_floor_checks(
             )
         )
     return checks
+
+
+def share_in_unit_interval(claim: "Claim") -> str | None:
+    """A share of the effect must lie in (0, 1] (the rule of the share-claiming kinds)."""
+    share = claim.thresholds["share"]
+    if not 0 < share <= 1:
+        return f"threshold 'share' must lie in (0, 1], got {share:g}"
+    return None

@@ -16,11 +16,18 @@ factor one of them (uniformly, with the claimed set among the candidates, as the
 the other kinds), through :func:`~circuit.statistics.permuted_columns_null` over the columns.
 """
 
+from __future__ import annotations
+
 import zlib
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from circuit.claims import Claim, Head
+from circuit.dataset import ROLE_NAMES
+from circuit.heads import Head
+from circuit.kinds.base import KindSchema
 from circuit.kinds.common import gap_check, head_floor_checks
 from circuit.kinds.measurements import (
     Subject,
@@ -29,6 +36,10 @@ from circuit.kinds.measurements import (
     head_ablation,
     normalised_baselines,
 )
+
+if TYPE_CHECKING:
+    from circuit.claims import Claim
+
 from circuit.statistics import (
     Evidence,
     Side,
@@ -138,3 +149,38 @@ def per_head_floors(
         return []
     rows = np.concatenate([numerators, m.gap[:, None]], axis=1)
     return head_floor_checks(heads, rows, m.clusters, minimum, name, unit, len(heads))
+
+
+ABLATION_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "ablation": ("mean", "resample", "zero"),
+        "ablation_source": ("clean", "corrupted"),
+        "positions": ("all", *ROLE_NAMES),
+    }
+)
+"""Options of the faithfulness kinds (docs/ablations.md): how heads are ablated, the prompts
+the values come from (not for ``zero``; required otherwise) and where (default: all)."""
+
+
+def ablation_schema(threshold: str) -> KindSchema:
+    """The fields of a faithfulness kind whose one threshold is named ``threshold``."""
+    return KindSchema(
+        heads=("heads",),
+        roles=(),
+        thresholds=(threshold,),
+        options=ABLATION_OPTIONS,
+        required_options=("ablation",),
+    )
+
+
+def ablation_options_rule(claim: Claim) -> str | None:
+    """``mean`` and ``resample`` name the prompts their values come from; ``zero`` does not."""
+    method = claim.options.get("ablation")
+    if method in ("mean", "resample") and "ablation_source" not in claim.options:
+        return (
+            f"ablation = {method!r} needs ablation_source ('clean' or 'corrupted'): the prompts "
+            "its values come from"
+        )
+    if method == "zero" and "ablation_source" in claim.options:
+        return "ablation = 'zero' takes no ablation_source"
+    return None

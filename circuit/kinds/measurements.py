@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from circuit.claims import Head
 from circuit.dataset import SyllogismDataset
+from circuit.heads import Head
 from circuit.metrics import LogitDiffMetric, logit_diff
 from circuit.statistics import Clusters
 from circuit.sweeps import SubjectKey, SweepResult, SweepStore
@@ -82,7 +82,8 @@ def _device_tokens(subject: Subject, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def clean_run(subject: Subject) -> SweepResult:
-    """One clean forward, per prompt and head (``[n, L, H]`` unless noted).
+    """One clean forward, per prompt and head (``[n, L, H]`` unless noted), from
+    :func:`circuit.attribution.head_writes` (the project's one direct logit attribution).
 
     ``dla``: the head's output at the final position, scaled by the final LayerNorm, dotted
     with the logit-difference direction (right minus wrong answer); with the other
@@ -92,25 +93,18 @@ def clean_run(subject: Subject) -> SweepResult:
     """
 
     def compute() -> SweepResult:
-        model, data = subject.model, subject.dataset
-        tokens = _device_tokens(subject, data.clean_tokens)
-        logits, cache = model.run_with_cache(tokens)
-        stacked = cache.stack_head_results(layer=-1, pos_slice=-1)
-        scaled = cache.apply_ln_to_stack(stacked, layer=-1, pos_slice=-1)  # [L*H, n, d]
-        directions = model.tokens_to_residual_directions(data.answers.to(tokens.device))
-        directions = directions.reshape(len(data), 2, -1)  # [n, 2, d]
-        right = torch.einsum("knd,nd->nk", scaled, directions[:, 0])
-        wrong = torch.einsum("knd,nd->nk", scaled, directions[:, 1])
-        shape = (len(data), subject.n_layers, subject.n_heads)
-        attention = torch.stack(
-            [cache["pattern", layer][:, :, -1, :] for layer in range(subject.n_layers)], dim=1
-        )  # [n, L, H, pos]
+        from circuit.attribution import head_writes
+
+        data = subject.dataset
+        writes = head_writes(
+            subject.model, _device_tokens(subject, data.clean_tokens), data.answers
+        )
         return {
-            "dla": (right - wrong).reshape(shape),
-            "write_right": right.reshape(shape),
-            "write_wrong": wrong.reshape(shape),
-            "attention": attention,
-            "logit_diff": logit_diff(logits, data.answers.to(logits.device)),
+            "dla": writes.dla,
+            "write_right": writes.right,
+            "write_wrong": writes.wrong,
+            "attention": writes.attention,
+            "logit_diff": writes.logit_diff,
         }
 
     return subject.sweep("clean_run", None, compute)

@@ -17,13 +17,27 @@ every such head is measured once per subject, and each level of the coarsest dat
 draws one of them (the claimed head among the candidates).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from circuit.claims import Claim
+from circuit.kinds.base import ClaimKind
 from circuit.kinds.common import flat, layer_range_pool
-from circuit.kinds.faithfulness import Measurement, compared, gap_floor, masks_keeping
+from circuit.kinds.faithfulness import (
+    Measurement,
+    ablation_options_rule,
+    ablation_schema,
+    compared,
+    gap_floor,
+    masks_keeping,
+)
 from circuit.kinds.measurements import Subject
 from circuit.statistics import Evidence, VerdictSettings
+
+if TYPE_CHECKING:
+    from circuit.claims import Claim
 
 
 def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
@@ -59,3 +73,11 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
             )
         )
     return checks
+
+
+KIND = ClaimKind(
+    name="minimality",
+    schema=ablation_schema("loss"),
+    evidence=evidence,
+    check=ablation_options_rule,
+)

@@ -17,10 +17,16 @@ the claimed heads' layer range is ablated instead, one of
 of the coarsest dataset factor.
 """
 
-from circuit.claims import Claim
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from circuit.kinds.base import ClaimKind
 from circuit.kinds.common import flat, layer_range_pool
 from circuit.kinds.faithfulness import (
     Measurement,
+    ablation_options_rule,
+    ablation_schema,
     compared,
     gap_floor,
     masks_ablating,
@@ -29,6 +35,9 @@ from circuit.kinds.faithfulness import (
 )
 from circuit.kinds.measurements import Subject
 from circuit.statistics import Evidence, VerdictSettings
+
+if TYPE_CHECKING:
+    from circuit.claims import Claim
 
 
 def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
@@ -67,3 +76,11 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
             "of the gap removed by ablating this head alone",
         ),
     ]
+
+
+KIND = ClaimKind(
+    name="necessity",
+    schema=ablation_schema("drop"),
+    evidence=evidence,
+    check=ablation_options_rule,
+)

@@ -19,9 +19,13 @@ random sender set of the same size from the candidates of their layer range, dra
 level of the coarsest dataset factor.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from circuit.claims import Claim
+from circuit.kinds.base import ClaimKind, KindSchema
 from circuit.kinds.common import flat, gap_check, head_floor_checks, layer_range_pool, top_k_margin
 from circuit.kinds.measurements import Subject, baselines, normalised_baselines, path_query
 from circuit.statistics import (
@@ -31,6 +35,9 @@ from circuit.statistics import (
     permuted_columns_null,
     weighted_mean,
 )
+
+if TYPE_CHECKING:
+    from circuit.claims import Claim
 
 
 def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
@@ -83,3 +90,29 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
             "of the gap (path into the receivers' q, this sender alone)",
         ),
     ]
+
+
+def _senders_before_receivers(claim: Claim) -> str | None:
+    """No head is both sender and receiver, and every sender precedes the last receiver."""
+    senders, receivers = claim.heads["heads"], claim.heads["receivers"]
+    overlap = set(senders) & set(receivers)
+    if overlap:
+        return f"heads {sorted(map(str, overlap))} are both sender and receiver"
+    last = max(r.layer for r in receivers)
+    late = [str(s) for s in senders if s.layer >= last]
+    if late:
+        return f"sender(s) {late} are not before the last receiver layer {last}: no path exists"
+    return None
+
+
+KIND = ClaimKind(
+    name="query-influencers",
+    schema=KindSchema(
+        heads=("heads", "receivers"),
+        roles=(),
+        thresholds=("top_k", "effect"),
+        integer_thresholds=("top_k",),
+    ),
+    evidence=evidence,
+    check=_senders_before_receivers,
+)

@@ -17,12 +17,18 @@ from the claimed heads' layer range is kept in place of the claimed set, one of
 of the coarsest dataset factor.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from circuit.claims import Claim
+from circuit.kinds.base import ClaimKind
 from circuit.kinds.common import flat, layer_range_pool
 from circuit.kinds.faithfulness import (
     Measurement,
+    ablation_options_rule,
+    ablation_schema,
     compared,
     gap_floor,
     masks_keeping,
@@ -31,6 +37,9 @@ from circuit.kinds.faithfulness import (
 )
 from circuit.kinds.measurements import Subject
 from circuit.statistics import Evidence, VerdictSettings
+
+if TYPE_CHECKING:
+    from circuit.claims import Claim
 
 
 def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
@@ -69,3 +78,11 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
             "of the gap lost when this head leaves the kept set",
         ),
     ]
+
+
+KIND = ClaimKind(
+    name="sufficiency",
+    schema=ablation_schema("recovered"),
+    evidence=evidence,
+    check=ablation_options_rule,
+)

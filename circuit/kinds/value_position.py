@@ -20,10 +20,14 @@ coarsest dataset factor, the role's label is moved to a random position among th
 the value vectors differ, and the statistic is recomputed.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from circuit.claims import Claim
-from circuit.kinds.common import gap_check, head_floor_checks
+from circuit.kinds.base import ClaimKind, KindSchema
+from circuit.kinds.common import gap_check, head_floor_checks, share_in_unit_interval
 from circuit.kinds.measurements import (
     Subject,
     baselines,
@@ -41,6 +45,9 @@ from circuit.statistics import (
 
 DIFFERENCE_TOLERANCE = 1e-5
 """Value vectors differing by less than this fraction of the largest difference are equal."""
+
+if TYPE_CHECKING:
+    from circuit.claims import Claim
 
 
 def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
@@ -129,3 +136,16 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
 def _total(means: np.ndarray) -> np.ndarray:
     total = np.abs(means).sum(axis=1)
     return np.where(total > 0, total, np.inf)
+
+
+KIND = ClaimKind(
+    name="value-position",
+    schema=KindSchema(
+        heads=("heads",),
+        roles=("position",),
+        thresholds=("share",),
+        optional_thresholds=("min_head_effect",),
+    ),
+    evidence=evidence,
+    check=share_in_unit_interval,
+)

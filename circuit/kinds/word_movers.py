@@ -27,14 +27,19 @@ per level of the coarsest dataset factor; ``attention-writing`` compares with at
 writing paired at random within each level of that factor.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from circuit.claims import Claim
+from circuit.kinds.base import ClaimKind, KindSchema
 from circuit.kinds.common import (
     flat,
     gap_check,
     head_floor_checks,
     layer_range_pool,
+    share_in_unit_interval,
     top_k_margin,
     weighted_spearman,
 )
@@ -48,6 +53,9 @@ from circuit.statistics import (
     permuted_pairs_null,
     weighted_mean,
 )
+
+if TYPE_CHECKING:
+    from circuit.claims import Claim
 
 
 def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
@@ -151,3 +159,17 @@ def _attention_writing(claim, subject, run, clusters: Clusters, claimed) -> Evid
         null_name=(f"attention and writing paired at random within each {clusters.primary_name()}"),
         unit="Spearman rho",
     )
+
+
+KIND = ClaimKind(
+    name="word-movers",
+    schema=KindSchema(
+        heads=("heads",),
+        roles=("attends_to",),
+        thresholds=("share",),
+        integer_thresholds=("top_k",),
+        optional_thresholds=("top_k", "spearman", "min_head_share"),
+    ),
+    evidence=evidence,
+    check=share_in_unit_interval,
+)

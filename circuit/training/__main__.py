@@ -4,7 +4,7 @@
 
 Writes the final model, its revisions, ``revisions.json``, ``training_log.json`` and the
 model card (``README.md``, with freshly measured evaluation and attribution numbers) to
-``--out`` (default: ``fixtures/models/syllogism-neox``).
+``--out`` (default: ``circuit/data/syllogism-neox``).
 """
 
 import argparse

@@ -12,6 +12,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
+from circuit.attribution import head_writes, logit_attribution
 from circuit.training.corpus import Syllogism
 from circuit.training.metrics import encode_prompts
 
@@ -59,35 +60,32 @@ def head_attributions(
 ) -> tuple[float, list[HeadAttribution]]:
     """(mean logit diff, per-head attributions sorted by contribution, largest first).
 
-    All prompts must have the same token length (one template, one word split).
+    Per-head DLA and attention come from :func:`circuit.attribution.head_writes` (the
+    project's one routine). All prompts must have the same token length (one template, one
+    word split).
     """
     tokens, final, answers = encode_prompts(tokenizer, syllogisms)
     if int(final.min()) != int(final.max()):
         raise ValueError("head_attributions needs prompts of equal token length")
-    logits, cache = bridge.run_with_cache(tokens)
-    last = logits[:, -1]
-    total = float((last.gather(1, answers[:, :1]) - last.gather(1, answers[:, 1:])).mean())
-    per_head = cache.stack_head_results(layer=-1, pos_slice=-1)
-    scaled = cache.apply_ln_to_stack(per_head, layer=-1, pos_slice=-1)
-    directions = bridge.tokens_to_residual_directions(answers)
-    diff_direction = directions[:, 0] - directions[:, 1]
-    contributions = (scaled * diff_direction.unsqueeze(0)).sum(-1).mean(-1)
-    n_heads = bridge.cfg.n_heads
+    writes = head_writes(bridge, tokens, answers)
+    total = float(writes.logit_diff.mean())
+    contributions = writes.dla.mean(0).flatten()  # [L*H]
+    attention = writes.attention.flatten(1, 2).cpu()  # [n, L*H, pos]
     rows = torch.arange(tokens.shape[0])
-    descriptor_pos = first_position(tokens, answers[:, 0])
-    opposite_pos = first_position(tokens, answers[:, 1])
+    descriptor = attention[rows, :, first_position(tokens, answers[:, 0])].mean(0)  # [L*H]
+    opposite = attention[rows, :, first_position(tokens, answers[:, 1])].mean(0)
+    n_heads = int(bridge.cfg.n_heads)
     result = []
     for index, value in enumerate(contributions.tolist()):
         layer, head = divmod(index, n_heads)
-        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, head, -1]
         result.append(
             HeadAttribution(
                 layer=layer,
                 head=head,
                 logit_diff=value,
                 share=value / total,
-                attn_descriptor=float(pattern[rows, descriptor_pos].mean()),
-                attn_opposite=float(pattern[rows, opposite_pos].mean()),
+                attn_descriptor=float(descriptor[index]),
+                attn_opposite=float(opposite[index]),
             )
         )
     result.sort(key=lambda h: h.logit_diff, reverse=True)
@@ -102,17 +100,19 @@ def component_attributions(
 ) -> dict[str, float]:
     """Mean direct effect on the logit diff of each residual component (embed, attn, mlp).
 
-    Components are those of ``cache.decompose_resid`` (``embed``, ``{l}_attn_out``,
-    ``{l}_mlp_out``) at the final position, final layer norm applied; they sum to the
-    mean logit diff up to the unembedding bias.
+    Components are labelled as ``cache.decompose_resid`` labels them (``embed``,
+    ``{l}_attn_out``, ``{l}_mlp_out``; attention includes its bias) at the final position,
+    final layer norm applied, from :func:`circuit.attribution.logit_attribution`; they sum
+    to the mean logit diff up to the unembedding bias.
     """
     tokens, _, answers = encode_prompts(tokenizer, syllogisms)
-    _, cache = bridge.run_with_cache(tokens)
-    stack, labels = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
-    scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
-    directions = bridge.tokens_to_residual_directions(answers)
-    values = (scaled * (directions[:, 0] - directions[:, 1]).unsqueeze(0)).sum(-1).mean(-1)
-    return dict(zip(labels, values.tolist(), strict=True))
+    attribution = logit_attribution(bridge, tokens, answers)
+    values = {"embed": float(attribution.embed.mean())}
+    attn, mlp = attribution.attn.mean(0).tolist(), attribution.mlp.mean(0).tolist()
+    for layer, (a, m) in enumerate(zip(attn, mlp, strict=True)):
+        values[f"{layer}_attn_out"] = a
+        values[f"{layer}_mlp_out"] = m
+    return values
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 ::
 
-    fixtures/models/syllogism-neox/
+    circuit/data/syllogism-neox/
         config.json, model.safetensors, tokenizer.json, tokenizer_config.json, ...  (final)
         revisions.json      {"final": "stepN", "revisions": [{"name", "step", "path"}...]}
         training_log.json   loss per step and the periodic study-template probe
@@ -16,8 +16,10 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-MODEL_NAME = "syllogism-neox"
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "models" / MODEL_NAME
+from circuit.data import BUNDLED_DIR, BUNDLED_NAME
+
+MODEL_NAME = BUNDLED_NAME
+DEFAULT_DIR = BUNDLED_DIR
 MANIFEST = "revisions.json"
 
 

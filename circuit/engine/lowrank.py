@@ -26,15 +26,10 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
-from circuit.forward import (
-    ForwardWeights,
-    RunCache,
-    activate_,
-    attend,
-    final_scale,
-    parallel_block_sum,
-    scratch,
-)
+from circuit.engine.forward import RunCache, final_scale
+from circuit.engine.kernels import activate_, attend, parallel_block_sum
+from circuit.engine.memory import scratch
+from circuit.engine.weights import ForwardWeights
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,12 +102,11 @@ def block_after_head_write(
     Variant ``v`` is the base run with ``resid_post(layer)`` raised by
     ``z_diff[:, :, v] @ W_O[layer, heads[v]]`` (``z_diff`` covers positions ``start_pos..``;
     ``layer`` is ``prepared.layer``). Rows are variant-major (``rows = variants x n``), as in
-    :func:`circuit.forward.forward`.
+    :func:`circuit.engine.forward.forward`.
     """
     layer = prepared.layer
     block = layer + 1
     n, n_pos, n_variants, d_head = z_diff.shape
-    seq_len = int(base.tokens.shape[1])
     delta = torch.einsum("npve,ved->vnpd", z_diff, w.W_O[layer][heads])
     x_new = delta.add_(base.resid_pre[block][:, start_pos:])
     new_scale = final_scale(w, x_new).view(n_variants, n * n_pos, 1)
@@ -129,21 +123,11 @@ def block_after_head_write(
     qkv = scratch("qkv", (n_variants * n * n_pos, prepared.offset_qkv.shape[0]), z_rows)
     qkv = project(prepared.scaled_qkv, prepared.offset_qkv, prepared.through_qkv, qkv)
     qkv = qkv.view(n_variants * n, n_pos, 3, w.n_heads, d_head)
-    z = attend(
-        w,
-        block,
-        qkv[:, :, 0],
-        qkv[:, :, 1],
-        qkv[:, :, 2],
-        start_pos,
-        seq_len,
-        start_pos,
-        base,
-        {},
-        set(),
-        {},
-        private=True,
-    )
+    earlier = None
+    if start_pos > 0:
+        earlier = (base.k[block][:, :start_pos], base.v[block][:, :start_pos])
+    q, k, v = qkv.unbind(2)
+    z = attend(w, q, k, v, start_pos, start_pos, earlier, private=True)
     hidden = scratch("mlp", (n_variants * n * n_pos, w.d_mlp), z_rows)
     hidden = hidden.view(n_variants, n * n_pos, -1)
     pre = project(prepared.scaled_pre, prepared.offset_pre, prepared.through_pre, hidden)

@@ -1,0 +1,111 @@
+"""One claims run: its options, models, sweep store, cases, and their judged records.
+
+:class:`ClaimSession` is what the pytest plugin adapts; it can be driven without pytest
+(see ``tests/pipeline``): :meth:`ClaimSession.prepare` parses the claim files and checks them
+against their models, :meth:`ClaimSession.judged` measures every selected case and judges
+them together (Benjamini-Hochberg across the run).
+"""
+
+import importlib.metadata
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from circuit.claims import ClaimCase
+from circuit.models import default_revision
+from circuit.pipeline.cases import prepare_cases
+from circuit.pipeline.judging import CaseEvidence, judge_cases
+from circuit.pipeline.model_cache import ModelCache
+from circuit.pipeline.options import ClaimOptions, ClaimSetupError, check_options
+from circuit.reports import ClaimRecord
+from circuit.sweeps import SweepStore
+
+
+def environment(
+    options: ClaimOptions, models: ModelCache, cases: Sequence[ClaimCase] = ()
+) -> dict[str, Any]:
+    """The run's environment for the JSON report and the header; ``revision`` is the one the
+    run's cases load (by name, e.g. the bundled model's final ``step800``) when they share one."""
+
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "model": options.effective_model if not options.claim_files else options.model,
+        "revision": _run_revision(options, cases),
+        "device": options.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "dtype": options.dtype,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformer_lens": version("transformer-lens"),
+        "scipy": version("scipy"),
+        "circuit_claims": version("circuit-claims"),
+        "torch_threads": torch.get_num_threads(),
+        "models_loaded": models.loads,
+    }
+
+
+def _run_revision(options: ClaimOptions, cases: Sequence[ClaimCase]) -> str | None:
+    revisions = {case.revision for case in cases}
+    if len(revisions) == 1:
+        return next(iter(revisions))
+    if not cases and (options.model is not None or not options.claim_files):
+        return default_revision(options.effective_model, options.revision)
+    return options.revision
+
+
+@dataclass
+class ClaimSession:
+    """Measures every selected case (sweeps shared through one store), then judges all."""
+
+    options: ClaimOptions
+    models: ModelCache
+    store: SweepStore
+    cases: list[ClaimCase] = field(default_factory=list)
+    selected: list[ClaimCase] = field(default_factory=list)
+    records: dict[tuple, ClaimRecord] | None = None
+    measure_seconds: float = 0.0
+    prepared: bool = False
+    setup_error: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Test id -> why the case was skipped (its model's weights are unavailable)."""
+    evidence: dict[tuple, "CaseEvidence"] = field(default_factory=dict)
+    """Case key -> its subject and draws, kept only when an HTML report is asked for."""
+
+    def prepare(self) -> list[ClaimCase]:
+        """:func:`prepare_cases` once per run; the error, if any, is kept and raised again."""
+        if self.setup_error is not None:
+            raise ClaimSetupError(self.setup_error)
+        if not self.prepared:
+            try:
+                check_options(self.options)
+                self.cases = prepare_cases(self.options, self.models)
+            except ClaimSetupError as error:
+                self.setup_error = str(error)
+                raise
+            self.prepared = True
+        return self.cases
+
+    def judged(self, progress: Callable[[str], None] | None = None) -> dict[tuple, ClaimRecord]:
+        """Records of every selected case, measuring and judging on first call."""
+        if self.records is None:
+            start = time.perf_counter()
+            keep = self.evidence if self.options.report_dir is not None else None
+            self.records = judge_cases(self.selected, self.models, self.store, progress, keep)
+            self.measure_seconds = time.perf_counter() - start
+        return self.records
+
+    def nothing_judged(self) -> str | None:
+        """Why a run judged nothing although it had claim cases (every one skipped), or None."""
+        if self.records or self.selected or not self.skipped:
+            return None
+        reasons = sorted(set(self.skipped.values()))
+        return f"every claim case ({len(self.skipped)}) was skipped: {'; '.join(reasons)}"
