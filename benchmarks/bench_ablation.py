@@ -36,7 +36,7 @@ def pythia():
     try:
         return load_model("random:pythia-70m", device="cpu")
     except ModelUnavailableError:
-        from tests.test_forward import pythia_70m
+        from fixtures.tiny_model import pythia_70m
 
         return pythia_70m()
 

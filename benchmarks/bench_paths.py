@@ -1,4 +1,4 @@
-"""Path patching: the study's algorithm (``tests/references.py``) vs ``circuit.paths``.
+"""Path patching: the study's algorithm (``fixtures/references.py``) vs ``circuit.paths``.
 
 Run with ``pytest benchmarks/bench_paths.py --benchmark-only``. On ``random:pythia-70m``,
 the first 32 prompts of the ``unfiltered`` syllogism dataset (22 tokens; random tokens of length
@@ -21,8 +21,8 @@ from circuit.metrics import LogitDiffMetric
 from circuit.models import BUNDLED_DIR
 from circuit.paths import path_patch_detailed
 from circuit.syllogisms import build_dataset
-from tests.planted import random_pythia_70m
-from tests.references import study_path_patch
+from fixtures.planted import random_pythia_70m
+from fixtures.references import study_path_patch
 
 N_PROMPTS, SEQ_LEN = 32, 20
 RECEIVERS = [(4, 3), (5, 1)]

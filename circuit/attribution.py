@@ -4,8 +4,8 @@ Both follow the study's notebook: a component's contribution at the query positi
 position by default) is its output, scaled by ``ln_final`` as the full residual stream is
 (``ActivationCache.apply_ln_to_stack(stack, layer=-1, pos_slice=...)``: centred, divided by
 ``ln_final``'s scale of the clean run), projected on an unembedding direction. Weights and
-activations come from :mod:`circuit.forward` (the bridge's processed weights; equal to the
-bridge's cache, see ``tests/test_forward.py``).
+activations come from :mod:`circuit.engine` (the bridge's processed weights; equal to the
+bridge's cache, see ``tests/engine/test_forward.py``).
 
 :func:`head_writes` is the project's one per-head direct logit attribution: the claim kinds'
 sweep (``circuit.kinds.measurements.clean_run``), the bundled model's training report

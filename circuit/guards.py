@@ -2,7 +2,7 @@
 
 Every check raises :class:`PatchingError` with a one-line message. The ``verify_*`` functions
 re-run one sample cell of a sweep through the model's own hooked forward (``run_with_hooks``),
-independent of :mod:`circuit.forward`, and prove that
+independent of :mod:`circuit.engine`, and prove that
 
 * the patching hook fired, exactly once;
 * the activation entering the hook equals the corrupted run's (earlier layers and, for a

@@ -1,12 +1,14 @@
 """Shared fixtures of the unit tests: models and tokenizers loaded once per session."""
 
+from pathlib import Path
+
 import pytest
 import torch
-from test_forward import boot, pythia_70m, save_tiny_neox
 from transformers import AutoTokenizer
 
 from circuit.models import BUNDLED_DIR, load_model
 from circuit.pipeline.model_cache import ModelCache
+from fixtures.tiny_model import boot, pythia_70m, save_tiny_neox, write_tiny_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,7 +60,7 @@ def tiny_sequential(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pythia70():
-    """Pythia-70m's shape with random weights (see ``test_forward.pythia_70m``)."""
+    """Pythia-70m's shape with random weights (see ``fixtures.tiny_model.pythia_70m``)."""
     return pythia_70m()
 
 
@@ -70,3 +72,9 @@ def models() -> ModelCache:
     if reason is not None:
         pytest.skip(reason)
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-NeoX directory (config, weights, the bundled tokenizer)."""
+    return write_tiny_model(tmp_path_factory.mktemp("bad-inputs") / "tiny")

@@ -5,6 +5,7 @@ file (which fixes its rootdir) and a ``claims/`` directory; the plugin is loaded
 ``pytest11`` entry point, as in a user's repository.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,34 @@ def run_claims(project: pytest.Pytester, *args: str) -> pytest.RunResult:
 def collected_cases(result: pytest.RunResult) -> list[str]:
     """Test ids of the claim cases a ``--collect-only -q`` run listed (``file.toml::id``)."""
     return [line.split("::", 1)[1] for line in result.stdout.lines if ".toml::" in line]
+
+
+def read_only_dir(tmp_path: Path) -> Path:
+    """A directory no file can be created in (root ignores permission bits: use sysfs)."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/sys")
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    directory.chmod(0o500)
+    return directory
+
+
+# A claim file's header about the bundled model (small: 6 pairs), a word-mover and a
+# query-influencer claim, for the validation batteries.
+CLAIM_HEADER = 'model = "bundled"\n[dataset]\nvariants = ["heldout"]\nseed = 1\nn_pairs = 6\n'
+MOVERS = """
+[[claims]]
+id = "movers"
+kind = "word-movers"
+heads = ["L1H0", "L1H1"]
+roles = { attends_to = "descriptor" }
+thresholds = { share = 0.5, top_k = 2, spearman = 0.3 }
+"""
+QUERIES = """
+[[claims]]
+id = "queries"
+kind = "query-influencers"
+heads = ["L0H1"]
+receivers = ["L1H0"]
+thresholds = { top_k = 1, effect = 0.01 }
+"""

@@ -157,7 +157,7 @@ def test_bad_inputs(bundled_problem):
 @pytest.mark.parametrize("ablation", [ABLATIONS[0], ABLATIONS[2]], ids=str)
 def test_equals_hooks_on_a_sequential_block(tiny_sequential, ablation):
     """Attention then MLP in sequence (no parallel-block shortcut): random prompts."""
-    from test_forward import tokens_for
+    from fixtures.tiny_model import tokens_for
 
     model = tiny_sequential
     clean = tokens_for(model, 4, 7, seed=3)

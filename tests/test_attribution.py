@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from test_forward import boot, pythia_70m, save_tiny_neox, tokens_for
 
 from circuit.attribution import head_writes, logit_attribution, word_mover_profile
 from circuit.guards import PatchingError
 from circuit.metrics import logit_diff
+from fixtures.tiny_model import boot, pythia_70m, save_tiny_neox, tokens_for
 
 
 @pytest.fixture(scope="module", params=["tiny32", "tiny64", "pythia70"])

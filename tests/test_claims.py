@@ -13,6 +13,7 @@ from circuit.claims import (
 )
 from circuit.heads import Head
 from circuit.kinds import KINDS
+from tests.support import CLAIM_HEADER, MOVERS, QUERIES
 
 CLAIMS_DIR = Path(__file__).resolve().parent.parent / "claims"
 
@@ -328,3 +329,44 @@ def test_word_mover_claim_without_spearman_skips_the_attention_check():
     without_top_k = PLANTED.replace("share = 0.5, top_k = 1, spearman = 0.3", "share = 0.5")
     bare = [j.measured.check for j in _judge_planted(without_top_k)["movers"].checks]
     assert bare == ["gap", "share", "share[L2H1]"]
+
+
+CLAIM_CASES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    # (id, claims text, replace "old|new" in it, names in the message)
+    ("spearman 2.0", MOVERS, "spearman = 0.3|spearman = 2.0", ("'spearman' = 2.0", "[-1, 1]")),
+    ("spearman -1.5", MOVERS, "spearman = 0.3|spearman = -1.5", ("'spearman' = -1.5",)),
+    ("spearman inf", MOVERS, "spearman = 0.3|spearman = inf", ("'spearman'", "finite")),
+    ("share 0", MOVERS, "share = 0.5|share = 0", ("'share' = 0", "(0, 1]")),
+    ("share 1.5", MOVERS, "share = 0.5|share = 1.5", ("'share' = 1.5",)),
+    ("share nan", MOVERS, "share = 0.5|share = nan", ("'share'", "finite")),
+    ("share a string", MOVERS, "share = 0.5|share = '0.5'", ("'share'", "number", "'0.5'")),
+    ("top_k below the heads", MOVERS, "top_k = 2|top_k = 1", ("top_k = 1", "2 claimed heads")),
+    ("top_k 2.5", MOVERS, "top_k = 2|top_k = 2.5", ("'top_k'", "positive integer", "2.5")),
+    ("top_k 0", MOVERS, "top_k = 2|top_k = 0", ("'top_k'", "positive integer")),
+    ("effect -0.5", QUERIES, "effect = 0.01|effect = -0.5", ("'effect' = -0.5", "(0, 1]")),
+    ("effect 2", QUERIES, "effect = 0.01|effect = 2.0", ("'effect' = 2.0",)),
+    ("seed 'abc'", MOVERS, "seed = 1|seed = 'abc'", ("seed", "'abc'")),
+    ("n_pairs 1", MOVERS, "n_pairs = 6|n_pairs = 1", ("n_pairs", ">= 2")),
+    ("head twice", MOVERS, '"L1H0", "L1H1"|"L1H0", "L1H0"', ("names a head twice",)),
+    ("head text", MOVERS, '"L1H0", "L1H1"|"L1H0", "1.1"', ("'1.1'", "L<layer>H<head>")),
+    ("unknown kind", MOVERS, 'kind = "word-movers"|kind = "movers"', ("unknown kind 'movers'",)),
+    ("unknown variant", MOVERS, 'variants = ["heldout"]|variants = ["train"]', ("'train'",)),
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "change", "names"),
+    [case[1:] for case in CLAIM_CASES],
+    ids=[case[0] for case in CLAIM_CASES],
+)
+def test_claim_file_refuses_impossible_values(text: str, change: str, names: tuple) -> None:
+    full = CLAIM_HEADER + text
+    old, new = change.split("|")
+    assert old in full
+    with pytest.raises(ClaimFileError) as raised:
+        parse_claim_text(full.replace(old, new), "bad.toml")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("bad.toml")
+    for name in names:
+        assert name in message, f"{name!r} not in {message!r}"

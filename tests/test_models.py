@@ -1,4 +1,8 @@
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from circuit.models import (
     parse_device,
     parse_dtype,
     random_hf_model,
+    resolve,
 )
 
 PYTHIA_PARAMETERS = {"pythia-70m": 70_426_624, "pythia-410m": 405_334_016}
@@ -136,3 +141,44 @@ def test_cuda_asked_without_cuda_raises():
 def test_cuda_is_used_when_asked_and_present():
     model = load_model("random:bundled", device="cuda")
     assert next(model.parameters()).device.type == "cuda"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CLAIMS_DIR = ROOT / "claims"
+NO_CUDA = not torch.cuda.is_available()
+MISSING_HUB_MODEL = "circuit-claims-test/no-such-model"
+
+
+# Downloads -----------------------------------------------------------------------------------
+
+
+def test_the_download_switch_turns_offline_mode_off() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    code = "import os, conftest; print(os.environ.get('HF_HUB_OFFLINE'))"
+    for allow, expected in (("1", "None"), ("0", "1")):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**env, "CIRCUIT_ALLOW_DOWNLOAD": allow},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["hub unreachable", "HF_HUB_OFFLINE"])
+def test_a_download_fails_fast_in_one_line(monkeypatch, offline: bool) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("CIRCUIT_ALLOW_DOWNLOAD", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as raised:
+        resolve(MISSING_HUB_MODEL)
+    assert time.perf_counter() - start < 5.0
+    message = str(raised.value)
+    assert "\n" not in message
+    assert MISSING_HUB_MODEL in message
+    assert ("HF_HUB_OFFLINE=1" if offline else "cannot be reached") in message

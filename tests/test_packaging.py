@@ -9,6 +9,7 @@ directory to ``sys.path`` without running this environment's editable-install ho
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +22,7 @@ from fixtures.tiny_model import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PIP = (sys.executable, "-m", "pip")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 REPORT = ("--claims-json", "r.json", "--claims-table", "compact")
 
 CLAIM = """
@@ -52,8 +54,21 @@ def _run(args: list, cwd: Path) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The python of a fresh venv with the project's wheel installed (not editable)."""
     base = tmp_path_factory.mktemp("wheel")
+    source = base / "source"  # built from a copy: setuptools writes build/ into its source
+    shutil.copytree(ROOT / "circuit", source / "circuit", ignore=IGNORED)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     built = _run(
-        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(base / "dist"), ROOT],
+        [
+            *PIP,
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(base / "dist"),
+            source,
+        ],
         cwd=base,
     )
     assert built.returncode == 0, built.stderr

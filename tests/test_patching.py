@@ -7,12 +7,12 @@ float32 rounding (1e-6).
 
 import pytest
 import torch
-from test_forward import tokens_for
 from transformer_lens import patching as tl
 
 from circuit import guards, patching
 from circuit.metrics import LogitDiffMetric, normalised_metric
 from circuit.patching import PatchingError, SweepStats, patch_heads, patch_resid
+from fixtures.tiny_model import tokens_for
 
 CASES = list(patching.LIBRARY_EQUIVALENTS)
 

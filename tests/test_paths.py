@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from test_forward import boot, save_tiny_neox
 
 from circuit.engine import kernels
 from circuit.guards import PatchingError
@@ -14,8 +13,9 @@ from circuit.paths import (
     path_patch,
     path_patch_detailed,
 )
-from tests.planted import random_neox, random_pythia_70m
-from tests.references import direct_path_patch, study_path_patch, tl_direct_path_patch
+from fixtures.planted import random_neox, random_pythia_70m
+from fixtures.references import direct_path_patch, study_path_patch, tl_direct_path_patch
+from fixtures.tiny_model import boot, save_tiny_neox
 
 TOLERANCE = 1e-5
 

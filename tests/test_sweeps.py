@@ -1,5 +1,6 @@
 """The sweep store: each sweep computed once per run; the disk cache keyed by what determines it."""
 
+import pytest
 import torch
 
 from circuit.sweeps import SubjectKey, SweepStore, model_fingerprint, tensor_digest
@@ -71,3 +72,36 @@ def test_digests_see_every_byte():
     with torch.no_grad():
         model.bias[0] += 1
     assert model_fingerprint(model) != before
+
+
+# The sweep cache -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("garbage", [b"not a pickle", "list"], ids=["bytes", "a list"])
+def test_a_corrupted_cache_entry_is_said_recomputed_and_overwritten(tmp_path, garbage) -> None:
+    subject = SubjectKey("m", None, "float32", "cpu", "heldout", 1, 6)
+    calls: list[int] = []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"x": torch.arange(3)}
+
+    SweepStore(tmp_path).get(subject, "sweep", None, compute)
+    (entry,) = tmp_path.glob("*.pt")
+    if garbage == "list":
+        torch.save([1, 2], entry)
+    else:
+        entry.write_bytes(garbage)
+    lines: list[str] = []
+    store = SweepStore(tmp_path, lines.append)
+    result = store.get(subject, "sweep", None, compute)
+    assert torch.equal(result["x"], torch.arange(3))
+    assert len(calls) == 2
+    assert store.corrupted == 1
+    said = [line for line in lines if "corrupted" in line]
+    assert len(said) == 1
+    assert entry.name in said[0]
+    assert "recomputing" in said[0]
+    assert torch.equal(torch.load(entry, weights_only=True)["x"], torch.arange(3))
+    assert SweepStore(tmp_path).get(subject, "sweep", None, compute)
+    assert len(calls) == 2

@@ -3,11 +3,8 @@ hooked runs of the bridge.
 
 Models: a tiny GPT-NeoX with random weights (LayerNorm weights and biases perturbed so that
 folding matters) in float32 and float64, and Pythia-70m's shape with random weights.
-``build_tiny_bridge`` and ``pythia_70m`` are shared with ``test_patching`` and
-``test_attribution``.
+The models come from ``fixtures/tiny_model.py``, shared with the other tests.
 """
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +13,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from circuit.engine import forward as F
 from circuit.engine import memory as M
 from circuit.engine.weights import weights_of
-from circuit.models import ModelUnavailableError, load_model, random_hf_model
+from fixtures.tiny_model import tokens_for
 
-TINY_SEED = 0
 HOOKS = {
     "resid_pre": "hook_resid_pre",
     "q": "attn.hook_q",
@@ -29,89 +25,6 @@ HOOKS = {
     "attn_out": "hook_attn_out",
     "mlp_out": "hook_mlp_out",
 }
-
-
-def _word_tokenizer(vocab_size: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(vocab_size)}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="t0", bos_token="t0", eos_token="t0"
-    )
-
-
-def _saved_word_tokenizer(vocab_size: int):
-    """A word tokenizer round-tripped through disk (the bridge wants ``name_or_path``)."""
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    directory = tempfile.mkdtemp(prefix="word-tokenizer-")
-    _word_tokenizer(vocab_size).save_pretrained(directory)
-    return AutoTokenizer.from_pretrained(directory)
-
-
-def save_tiny_neox(directory: Path, parallel: bool = True) -> Path:
-    """A 3-layer, 4-head GPT-NeoX with random weights and perturbed LayerNorms, saved in HF form."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=300,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=256,
-        rotary_pct=0.25,
-        use_parallel_residual=parallel,
-        tie_word_embeddings=False,
-        max_position_embeddings=64,
-        initializer_range=0.15,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = GPTNeoXForCausalLM(config)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "layernorm" in name or "layer_norm" in name:
-                    param.add_(0.3 * torch.randn_like(param))
-                elif name.endswith("bias"):
-                    param.add_(0.1 * torch.randn_like(param))
-    model.save_pretrained(directory)
-    _word_tokenizer(300).save_pretrained(directory)
-    return directory
-
-
-def boot(directory: Path, dtype: torch.dtype = torch.float32) -> TransformerBridge:
-    """Boot a saved HF directory as the product does (compatibility mode, folded weights)."""
-    bridge = TransformerBridge.boot_transformers(str(directory), device="cpu", dtype=dtype)
-    bridge.enable_compatibility_mode(disable_warnings=True)
-    return bridge.eval()
-
-
-def pythia_70m(dtype: torch.dtype = torch.float32) -> TransformerBridge:
-    """``load_model("random:pythia-70m")``; without the bundled tokenizer, the same weights
-    booted with a stand-in tokenizer (the forward never reads the tokenizer)."""
-    try:
-        return load_model("random:pythia-70m", device="cpu", dtype=dtype)
-    except ModelUnavailableError:
-        hf_model = random_hf_model("pythia-70m", dtype)
-        bridge = TransformerBridge.boot_transformers(
-            "random:pythia-70m",
-            hf_model=hf_model,
-            tokenizer=_saved_word_tokenizer(1000),
-            device="cpu",
-            dtype=dtype,
-        )
-        bridge.enable_compatibility_mode(disable_warnings=True)
-        return bridge.eval()
-
-
-def tokens_for(model: TransformerBridge, n: int, seq: int, seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, min(model.cfg.d_vocab, 1000), (n, seq), generator=generator)
 
 
 def _tolerance(model: TransformerBridge) -> float:

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from test_forward import boot, save_tiny_neox, tokens_for
 
 from circuit.engine import forward as F
 from circuit.engine import lowrank
 from circuit.engine.weights import weights_of
+from fixtures.tiny_model import boot, save_tiny_neox, tokens_for
 
 
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -27,7 +27,7 @@ from circuit.pipeline.model_cache import ModelCache
 from circuit.pipeline.options import ClaimOptions
 from circuit.sweeps import SubjectKey, SweepStore
 
-BUNDLED_CLAIMS = Path(__file__).resolve().parent.parent / "claims" / "bundled.toml"
+BUNDLED_CLAIMS = Path(__file__).resolve().parents[2] / "claims" / "bundled.toml"
 N_PAIRS = 16
 VARIANT = "heldout"
 

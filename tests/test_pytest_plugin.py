@@ -14,7 +14,6 @@ import pytest
 
 import circuit.pipeline.judging
 from circuit.statistics import Clusters, Evidence, Side, weighted_mean
-from fixtures.tiny_model import write_tiny_model
 from tests.support import (
     MORE_CLAIMS,
     WORD_MOVERS,
@@ -28,9 +27,10 @@ from tests.support import (
 pytest_plugins = ("pytester",)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+@pytest.fixture
+def tiny_model(tiny_path: Path) -> Path:
+    """The tiny random model directory (``tests/conftest.py``)."""
+    return tiny_path
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Ground truth: the routines recover a hand-planted circuit and find none in random weights.
 
-The planted model (``tests/planted.py``): ``L0H0`` is a previous-token head whose output feeds
+The planted model (``fixtures/planted.py``): ``L0H0`` is a previous-token head whose output feeds
 the KEY of the mover ``L2H0``, which copies the token after the marker to the answer logit.
 
 "Comparable" is one scale-free rule, :func:`dominant`: the top head's effect is at least
@@ -16,7 +16,7 @@ from circuit.attribution import logit_attribution
 from circuit.metrics import LogitDiffMetric, logit_diff
 from circuit.patching import patch_heads
 from circuit.paths import compare_path_modes, path_patch
-from tests.planted import MOVER_HEAD, PREV_TOKEN_HEAD, planted_neox, planted_task, random_neox
+from fixtures.planted import MOVER_HEAD, PREV_TOKEN_HEAD, planted_neox, planted_task, random_neox
 
 MIN_SHARE = 0.5
 MIN_RATIO = 10.0

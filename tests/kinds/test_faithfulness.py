@@ -4,7 +4,7 @@
   ``zero``), ``positions`` (``"all"`` or a list of roles), thresholds in (0, 1];
 * each kind's checks: the shared gap floor first, the kind's comparison, per-head floors;
   the statistic equals the fraction of the gap computed straight from ``ablate_heads``;
-* negative controls on the bundled model (small datasets, as tests/test_negative_controls.py):
+* negative controls on the bundled model (small datasets, as tests/kinds/test_negative_controls.py):
   the faithfulness claims of claims/bundled.toml confirm nothing on random weights
   (``random:bundled``); the circuit without its most important head (chosen at run time)
   fails sufficiency; a useless head (the smallest direct logit attribution outside the
@@ -33,7 +33,7 @@ from circuit.statistics import VerdictSettings
 from circuit.sweeps import SubjectKey, SweepStore
 from circuit.syllogisms import build_dataset
 
-BUNDLED_CLAIMS = Path(__file__).resolve().parent.parent / "claims" / "bundled.toml"
+BUNDLED_CLAIMS = Path(__file__).resolve().parents[2] / "claims" / "bundled.toml"
 KINDS = ("sufficiency", "necessity", "minimality")
 VARIANT = "heldout"
 N_PAIRS = 16
