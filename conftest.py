@@ -14,6 +14,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["pytester"]
+
 settings.register_profile(
     "fast",
     max_examples=25,

@@ -17,6 +17,7 @@ fast routine's verification run), the fast routine's functional forwards and bat
 each side's peak resident-memory growth (the kernel's high-water mark, no sampling thread).
 """
 
+import os
 import time
 
 import pytest
@@ -25,10 +26,12 @@ import torch
 from benchmarks.measure import ForwardCounter, PeakRss
 from circuit.metrics import normalised_metric
 from circuit.models import ModelUnavailableError, load_model
-from circuit.patching import SweepStats, library_equivalent, patch_heads
+from circuit.patching import SweepStats, library_equivalent, patch_heads, patch_resid
 
 N_PROMPTS, SEQ_LEN, BY_POS_SEQ_LEN = 32, 20, 8
 TOLERANCE = 1e-5
+FAST_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+"""Timed rounds of the fast routine (after one warm-up); ``BENCH_ROUNDS`` overrides."""
 COMPONENTS = ("z", "q", "k", "v", "pattern")
 _reference_runs: dict[tuple[str, bool], dict[str, object]] = {}
 
@@ -83,29 +86,74 @@ def data(pythia):
     return prepared
 
 
-CASES = [(c, b) for b in (False, True) for c in COMPONENTS]
+CASES = [(c, b) for b in (False, True) for c in COMPONENTS] + [("resid", True)]
+METRIC_KINDS = ("logit_diff", "callable")
 
 
+def plain_callable(metric):
+    """The same normalised logit difference as ``metric``, written as a TransformerLens user
+    writes a metric: a plain ``logits -> scalar`` closure over tensors of answer ids."""
+    right, wrong = metric.answers[:, 0], metric.answers[:, 1]
+    rows = torch.arange(len(right))
+    clean, corrupted = metric.clean_baseline, metric.corrupted_baseline
+
+    def tl_metric(logits):
+        diff = (logits[rows, -1, right] - logits[rows, -1, wrong]).mean()
+        return (diff - corrupted) / (clean - corrupted)
+
+    return tl_metric
+
+
+def _reference_function(component: str, by_position: bool):
+    if component == "resid":
+        from transformer_lens.patching import get_act_patch_resid_pre
+
+        return get_act_patch_resid_pre
+    return library_equivalent(component, by_position)
+
+
+def _fast_function(component: str, by_position: bool):
+    if component == "resid":
+        return lambda model, clean, corrupted, metric, stats: patch_resid(
+            model, clean, corrupted, metric, stats=stats
+        )
+    return lambda model, clean, corrupted, metric, stats: patch_heads(
+        model, clean, corrupted, metric, component, by_position, stats=stats
+    )
+
+
+@pytest.mark.parametrize("metric_kind", METRIC_KINDS)
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 @pytest.mark.parametrize(
     ("component", "by_position"),
     CASES,
     ids=[f"{c}-{'by_pos' if b else 'all_pos'}" for c, b in CASES],
 )
-def test_patch_heads(benchmark, pythia, data, component, by_position, impl):
+def test_patch_heads(benchmark, pythia, data, component, by_position, impl, metric_kind):
+    """``metric_kind``: the project's ``LogitDiffMetric`` or :func:`plain_callable` (equal
+    values). The reference runs once per sweep (the first ``metric_kind``; transformer_lens
+    calls either metric once per cell on full logits, so its time does not depend on which)."""
     torch.set_grad_enabled(False)
+    if impl == "reference" and metric_kind != METRIC_KINDS[0]:
+        pytest.skip("the reference runs once per sweep")
     clean, corrupted, metric, clean_cache = data["by_pos" if by_position else "all_pos"]
     key = (component, by_position)
-    benchmark.group = f"patch_heads {component} {'by_pos' if by_position else 'all_pos'}"
+    where = "by_pos" if by_position else "all_pos"
+    benchmark.group = f"patch_heads {component} {where}" if component != "resid" else "patch_resid"
     benchmark.extra_info.update(
-        {"n_prompts": int(clean.shape[0]), "seq_len": int(clean.shape[1]), "impl": impl}
+        {
+            "n_prompts": int(clean.shape[0]),
+            "seq_len": int(clean.shape[1]),
+            "impl": impl,
+            "metric": metric_kind,
+        }
     )
 
     def reference():
         counter = ForwardCounter(pythia)
         start = time.perf_counter()
         with PeakRss() as rss:
-            values = library_equivalent(*key)(pythia, corrupted, clean_cache, metric)
+            values = _reference_function(*key)(pythia, corrupted, clean_cache, metric)
         seconds = time.perf_counter() - start
         counter.close()
         run = {
@@ -126,12 +174,14 @@ def test_patch_heads(benchmark, pythia, data, component, by_position, impl):
     ref = _reference_runs.get(key) or reference()
     stats = SweepStats()
     counter = ForwardCounter(pythia)
+    fast_metric = metric if metric_kind == "logit_diff" else plain_callable(metric)
+    routine = _fast_function(*key)
 
     def fast():
-        return patch_heads(pythia, clean, corrupted, metric, component, by_position, stats=stats)
+        return routine(pythia, clean, corrupted, fast_metric, stats)
 
     with PeakRss() as rss:
-        values = benchmark.pedantic(fast, rounds=3, iterations=1, warmup_rounds=1)
+        values = benchmark.pedantic(fast, rounds=FAST_ROUNDS, iterations=1, warmup_rounds=1)
     counter.close()
     fast_seconds = benchmark.stats.stats.mean
     benchmark.extra_info.update(
@@ -139,16 +189,25 @@ def test_patch_heads(benchmark, pythia, data, component, by_position, impl):
             "reference_seconds": round(ref["seconds"], 3),
             "fast_seconds": round(fast_seconds, 4),
             "speedup": round(ref["seconds"] / fast_seconds, 1),
+            "metric_reads": stats.metric_reads,
+            "metric_calls": stats.metric_calls,
             "reference_bridge_forwards": ref["forwards"],
-            "fast_bridge_forwards_per_call": counter.count // 3,
-            "fast_functional_forwards_per_call": stats.forwards // 3,
-            "fast_batch_rows_per_call": stats.rows // 3,
+            "fast_bridge_forwards_per_call": counter.count // (FAST_ROUNDS + 1),
+            "fast_functional_forwards_per_call": stats.forwards // (FAST_ROUNDS + 1),
+            "fast_batch_rows_per_call": stats.rows // (FAST_ROUNDS + 1),
             "reference_peak_rss_mib": ref["peak_rss_mib"],
             "fast_peak_rss_mib": rss.mib,
             "max_abs_difference": float((values - ref["values"]).abs().max()),
         }
     )
+    print(
+        f"\nSPEEDUP {benchmark.group} [{metric_kind}]: reference {ref['seconds']:.2f} s, "
+        f"fast {fast_seconds:.3f} s, {ref['seconds'] / fast_seconds:.1f}x "
+        f"(metric reads {stats.metric_reads or 'answers'}, calls {stats.metric_calls or '-'})"
+    )
     # normalised values divide float32 logit noise by the clean-corrupted gap
     gap = abs(metric.clean_baseline - metric.corrupted_baseline)
     scale = max(1.0, float(ref["values"].abs().max()), 1.0 / gap)
     torch.testing.assert_close(values, ref["values"], rtol=0, atol=TOLERANCE * scale)
+    if metric_kind == "callable":
+        assert stats.metric_reads == "final", stats.metric_reason

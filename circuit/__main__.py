@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         return figures_main(argv[1:])
     if argv[:1] == ["discover"]:
         return discover_main(argv[1:])
+    if argv[:1] == ["fuzz-repro"]:  # docs/fuzzing.md
+        from circuit.fuzzing.repro import main as fuzz_repro_main
+
+        return fuzz_repro_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m circuit", description=__doc__)
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--revision", default=None)
@@ -160,7 +164,7 @@ def discover_main(argv: list[str]) -> int:
 
     from circuit.discovery import DiscoveryError, check_variant, discover, draft_claims, notes
     from circuit.kinds.measurements import Subject
-    from circuit.sweeps import SubjectKey, SweepStore
+    from circuit.measurement_store import MeasurementStore, SubjectKey
     from circuit.syllogisms import summarise
 
     parser = argparse.ArgumentParser(prog="python -m circuit discover")
@@ -192,7 +196,9 @@ def discover_main(argv: list[str]) -> int:
             args.model, args.revision, dtype, device, args.variant, args.seed, args.n_pairs
         )
         with torch.no_grad():
-            found = discover(Subject(model, dataset, key, SweepStore()), args.movers, args.top)
+            found = discover(
+                Subject(model, dataset, key, MeasurementStore()), args.movers, args.top
+            )
     except (ModelSpecError, ModelUnavailableError, DatasetError, DiscoveryError) as error:
         return _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
     command = "python -m circuit discover " + shlex.join(argv)

@@ -25,6 +25,7 @@ from circuit.claims import Claim, ClaimFile
 from circuit.heads import Head
 from circuit.kinds import KINDS
 from circuit.kinds.measurements import Subject
+from circuit.measurement_store import MeasurementStore, SubjectKey
 from circuit.statistics import (
     Clusters,
     Evidence,
@@ -37,7 +38,6 @@ from circuit.statistics import (
     weighted_mean,
     worst,
 )
-from circuit.sweeps import SubjectKey, SweepStore
 
 KINDS_CALIBRATED: tuple[str, ...] = (
     "word-movers",
@@ -211,7 +211,7 @@ def calibrate_random_models(
         spec = f"random:{shape}:{seed}"
         model = load_model(spec)
         report.models.append(spec)
-        store = SweepStore()
+        store = MeasurementStore()
         for variant_index, variant in enumerate(CALIBRATION_VARIANTS):
             try:
                 dataset = build_dataset(model, variant, seed=seed, n_pairs=n_pairs)

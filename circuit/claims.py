@@ -14,6 +14,9 @@ A claim file is TOML, one per model::
     [verdict]                             # optional overrides of VerdictSettings
     alpha = 0.05
 
+    [fuzz]                                # optional, for --claims-fuzz (docs/fuzzing.md)
+    examples = 10
+
     [[claims]]
     id = "word-movers"
     kind = "word-movers"
@@ -41,6 +44,7 @@ from circuit.kinds import KINDS
 from circuit.kinds.base import KindSchema
 from circuit.statistics import MIN_HEAD_SHARE, VerdictSettings
 from circuit.syllogisms import VARIANTS
+from circuit.templates import FAMILIES
 
 
 class ClaimFileError(ValueError):
@@ -61,6 +65,19 @@ class DatasetRecipe:
     variants: tuple[str, ...]
     seed: int = 42
     n_pairs: int | None = None
+    family: str = "study"
+    """The prompt family (``circuit.templates.FAMILIES``), e.g. ``"two-premise"``."""
+
+
+@dataclass(frozen=True)
+class FuzzSettings:
+    """The ``[fuzz]`` table: draws per claim (None: ``--claims-fuzz``; 0: never fuzz this
+    file), the hypothesis seed, and the most judgements one counterexample's shrinking may
+    spend (docs/fuzzing.md)."""
+
+    examples: int | None = None
+    seed: int = 0
+    shrink: int = 20
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,7 @@ class ClaimFile:
     verdict: VerdictSettings
     claims: tuple[Claim, ...]
     description: str = ""
+    fuzz: FuzzSettings = FuzzSettings()
 
     def cases(self) -> list[tuple[Claim, str]]:
         """Every (claim, variant) pair, in file order."""
@@ -146,15 +164,19 @@ def _parse_dataset(raw: Mapping[str, Any], ctx: _Context) -> DatasetRecipe:
     table = _table(raw, "dataset", ctx)
     if "variants" not in table:
         raise ctx.error("[dataset] must name its variants, e.g. variants = ['heldout']")
-    unknown = set(table) - {"variants", "seed", "n_pairs"}
+    unknown = set(table) - {"variants", "seed", "n_pairs", "family"}
     if unknown:
         raise ctx.error(f"[dataset] has unknown keys {sorted(unknown)}")
+    family = table.get("family", "study")
+    if family not in FAMILIES:
+        raise ctx.error(f"[dataset] family must be one of {list(FAMILIES)}, got {family!r}")
     seed, size = table.get("seed", 42), table.get("n_pairs")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ctx.error(f"[dataset] seed must be an integer, got {seed!r}")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 2):
         raise ctx.error(f"[dataset] n_pairs must be an integer >= 2, got {size!r}")
-    return DatasetRecipe(_variants(table["variants"], ctx, "[dataset] variants"), seed, size)
+    variants = _variants(table["variants"], ctx, "[dataset] variants")
+    return DatasetRecipe(variants, seed, size, family)
 
 
 def _parse_verdict(raw: Mapping[str, Any], ctx: _Context) -> VerdictSettings:
@@ -175,6 +197,20 @@ def _parse_verdict(raw: Mapping[str, Any], ctx: _Context) -> VerdictSettings:
                 f"({getattr(defaults, name):g}): a claim file may raise a floor, never lower it"
             )
     return settings
+
+
+def _parse_fuzz(raw: Mapping[str, Any], ctx: _Context) -> FuzzSettings:
+    table = _table(raw, "fuzz", ctx)
+    unknown = set(table) - {"examples", "seed", "shrink"}
+    if unknown:
+        raise ctx.error(f"[fuzz] has unknown keys {sorted(unknown)}; known: examples, seed, shrink")
+    for name, minimum in (("examples", 0), ("seed", None), ("shrink", 0)):
+        value = table.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ctx.error(f"[fuzz] {name} must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ctx.error(f"[fuzz] {name} must be an integer >= {minimum}, got {value!r}")
+    return FuzzSettings(table.get("examples"), table.get("seed", 0), table.get("shrink", 20))
 
 
 FLOORS: tuple[str, ...] = ("min_clusters", "min_gap", "min_head_share", "min_head_effect")
@@ -352,7 +388,8 @@ def parse_claim_text(text: str, path: Path | str = "<string>") -> ClaimFile:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ctx.error(f"invalid TOML: {exc}") from None
-    unknown = set(raw) - {"model", "revision", "description", "dataset", "verdict", "claims"}
+    known = {"model", "revision", "description", "dataset", "verdict", "claims", "fuzz"}
+    unknown = set(raw) - known
     if unknown:
         raise ctx.error(f"unknown top-level keys {sorted(unknown)}")
     model = raw.get("model")
@@ -379,6 +416,7 @@ def parse_claim_text(text: str, path: Path | str = "<string>") -> ClaimFile:
         verdict=verdict,
         claims=claims,
         description=str(raw.get("description", "")),
+        fuzz=_parse_fuzz(raw, ctx),
     )
 
 
@@ -426,11 +464,15 @@ class ClaimCase:
     model: str
     revision: str | None
     prefix: str = field(default="")
+    revision_in_id: bool = False
+    """Whether the test id names the revision (a run over several revisions)."""
 
     @property
     def test_id(self) -> str:
-        """Readable test id, e.g. ``word-movers[L18H0,L19H4,L20H2]-heldout``."""
-        return f"{self.prefix}{self.claim.label}-{self.variant}"
+        """Readable test id, e.g. ``word-movers[L18H0,L19H4,L20H2]-heldout`` (with
+        ``@step400`` appended in a run over several revisions)."""
+        suffix = f"@{self.revision}" if self.revision_in_id else ""
+        return f"{self.prefix}{self.claim.label}-{self.variant}{suffix}"
 
     @property
     def key(self) -> tuple[str, str, str | None, str, str]:

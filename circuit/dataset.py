@@ -14,8 +14,14 @@ ROLE_NAMES: tuple[str, ...] = (
     "category2",
     "noun2",
     "final",
+    "other_category",
+    "distractor",
+    "other_opposite",
 )
-"""Roles every syllogism prompt carries; each maps to one token position."""
+"""Roles a syllogism prompt may carry; each maps to one token position. Every family's
+prompts carry the first eight (the study's); the ``two-premise`` family adds the distractor
+premise's category, descriptor (its first token: the corrupted prompts' answer) and
+opposite."""
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,12 @@ class SyllogismDataset:
     """Clean/corrupted prompt pairs with aligned roles.
 
     ``clean_tokens[i]`` and ``corrupted_tokens[i]`` differ only by swapping the descriptor
-    and its opposite; ``answers[i] = (right, wrong)`` are the first tokens of the clean
-    prompt's descriptor and opposite, so the corrupted prompt's right answer is
-    ``answers[i, 1]``. ``roles[name]`` is the position (same for every prompt) of the role's
-    first token: ``descriptor`` is the descriptor's first token, ``final`` the last position.
+    and its opposite (``two-premise`` family: only by the minor premise's category, which
+    names the distractor premise's category in the corrupted prompt); ``answers[i] = (right,
+    wrong)`` are the first tokens of the clean prompt's descriptor and opposite (two-premise:
+    distractor), so the corrupted prompt's right answer is ``answers[i, 1]``.
+    ``roles[name]`` is the position (same for every prompt) of the role's first token:
+    ``descriptor`` is the descriptor's first token, ``final`` the last position.
     ``factors[name][i]`` is prompt ``i``'s level of each generating factor (``pair``: the
     unordered descriptor pair, ``category``, ``noun``); a prompt and its twin share every
     level. The verdict rule resamples and permutes whole levels, never single prompts.

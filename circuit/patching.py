@@ -18,10 +18,14 @@ call                       reference                                       resul
 result is ``[layer, head, pos]``; we keep that orientation.) ``per_prompt=True`` adds a leading
 ``[n]`` dim of per-prompt values (the library's ``reduce="none"``, moved to the front).
 
-``metric`` is a :class:`circuit.metrics.LogitDiffMetric` (the fast path: only the final
-position's two answer logits are computed, and the metric is applied to all cells at once) or any
-callable from logits ``[n, seq, vocab]`` to a scalar (``[n]`` when ``per_prompt``), which gets
-full logits, one call per cell.
+``metric`` is a :class:`circuit.metrics.LogitDiffMetric` (only the final position's two answer
+logits are computed, and the metric is applied to all cells at once) or any callable from logits
+``[n, seq, vocab]`` to a scalar (``[n]`` when ``per_prompt``). A callable that reads only the
+final position (:func:`circuit.metrics.metric_access` probes it on the clean and corrupted runs)
+is called with that position's logits alone, ``[n, 1, vocab]``, and takes the same fast path;
+any other callable gets full logits. Callables run once per batch of cells (``vmap`` over the
+cells, else a loop; :class:`circuit.metrics.VariantCalls`). See
+:data:`circuit.metrics.FINAL_ONLY_CONTRACT`.
 
 Speed: the patched cells of one layer (and one position) run as one batched
 forward of :mod:`circuit.engine` (``rows = heads x prompts``, chunked by ``memory_budget``),
@@ -52,6 +56,7 @@ from circuit.engine.forward import (
     ForwardOutput,
     RunCache,
     answer_logits,
+    final_logits,
     first_difference,
     forward,
     forward_after_write,
@@ -63,7 +68,15 @@ from circuit.engine.lowrank import NextBlock, block_after_head_write, prepare_ne
 from circuit.engine.memory import DEFAULT_MEMORY_BUDGET, plan_for
 from circuit.engine.weights import ForwardWeights, weights_of
 from circuit.guards import Cell, PatchingError
-from circuit.metrics import LogitDiffMetric, Metric, reads_answer_logits_only
+from circuit.metrics import (
+    LogitDiffMetric,
+    Metric,
+    MetricError,
+    VariantCalls,
+    metric_access,
+    reads_answer_logits_only,
+    wrong_guess,
+)
 
 LIBRARY_EQUIVALENTS: dict[tuple[str, bool], str] = {
     ("z", False): "get_act_patch_attn_head_out_all_pos",
@@ -96,6 +109,11 @@ class SweepStats:
     forwards: int = 0
     rows: int = 0
     row_layer_positions: int = 0
+    metric_reads: str = ""
+    """What the metric was judged to read (:func:`circuit.metrics.metric_access`) and why."""
+    metric_reason: str = ""
+    metric_calls: str = ""
+    """How a callable metric ran: ``vmap`` over the variants, or a loop and why."""
 
     def count(self, rows: int, layers: int, positions: int) -> None:
         self.forwards += 1
@@ -106,15 +124,23 @@ class SweepStats:
 class _Evaluator:
     """Turns chunks of patched forwards into metric values ``[variants, n]`` or ``[variants]``.
 
-    A :class:`LogitDiffMetric` is always evaluated per prompt (``per_prompt`` is then True; the
-    sweep takes the mean at the end), so that the guards can check a few prompts' values.
+    What the forwards compute follows :func:`circuit.metrics.metric_access` (the one decision):
+    a :class:`LogitDiffMetric` gets the answer logits and is always evaluated per prompt
+    (``per_prompt`` is then True; the sweep takes the mean at the end), so that the guards can
+    check a few prompts' values; a callable that reads only the final position gets the final
+    position's logits ``[n, 1, vocab]`` (the last layer computes that position alone); any other
+    callable gets full logits. Callables run once per chunk of variants
+    (:class:`circuit.metrics.VariantCalls`: ``vmap`` over the variant axis, else a loop).
     """
 
-    def __init__(self, w: ForwardWeights, metric: Metric, per_prompt: bool, base: RunCache) -> None:
+    def __init__(
+        self, w: ForwardWeights, metric: Metric, per_prompt: bool, base: RunCache, clean: RunCache
+    ) -> None:
         self.n = int(base.tokens.shape[0])
-        self.fast = reads_answer_logits_only(metric)
-        self.per_prompt = per_prompt or self.fast
-        if self.fast:
+        self.w = w
+        self.base_logits = None
+        if reads_answer_logits_only(metric):
+            self.access = metric_access(metric)
             if metric.answers.shape[0] != self.n:
                 raise PatchingError(
                     f"the metric's answers are for {metric.answers.shape[0]} prompts, the tokens "
@@ -123,33 +149,63 @@ class _Evaluator:
             self.metric = metric.with_per_prompt(True)
             self.answers = metric.answers.to(w.device)
         elif callable(metric):
+            finals = tuple(final_logits(w, run.resid_final[:, -1]) for run in (clean, base))
+            self.access = metric_access(metric, finals, int(base.tokens.shape[1]))
+            del finals
+            if not self.access.final_only:
+                self.base_logits = logits_of(w, base)
             self.metric = metric
             self.answers = None
-            self.base_logits = logits_of(w, base)
         else:
             raise PatchingError(f"metric must be callable, got {type(metric).__name__}")
+        self.fast = self.access.answers_only
+        self.final_only = self.access.final_only
+        self.per_prompt = per_prompt or self.fast
+        self.calls = None if self.fast else VariantCalls(self.metric, self._check)
+
+    def _check(self, value: object) -> torch.Tensor:
+        return guards.check_metric_output(value, self.per_prompt, self.n)
 
     def forward_kwargs(self) -> dict:
         if self.fast:
             return {"answers": self.answers, "final_only": True}
+        if self.final_only:
+            return {"final_only": True}  # the readout is :meth:`final_logits` of ``out.resid``
         return {"full_logits": True}
+
+    def finish(self, resid_final: Float[torch.Tensor, "rows pos d_model"]) -> ForwardOutput:
+        """The output of a run that ended at the last layer with ``resid_final`` (final-position
+        metrics only: the last position is read)."""
+        if self.fast:
+            return ForwardOutput(
+                resid=resid_final,
+                answer_logits=answer_logits(self.w, resid_final[:, -1], self.answers),
+            )
+        return ForwardOutput(resid=resid_final)
+
+    def final_logits(self, resid: Float[torch.Tensor, "rows pos d_model"]) -> torch.Tensor:
+        """The final position's logits ``[rows, 1, vocab]`` (only the columns the metric reads,
+        the others NaN, when :func:`circuit.metrics.metric_access` found them)."""
+        return final_logits(self.w, resid[:, -1], self.access.columns)
 
     def values(self, out: ForwardOutput, start_pos: int) -> torch.Tensor:
         """Metric values of ``out`` (rows ``variants x n``)."""
         if self.fast:
             return self.from_answer_logits(out.answer_logits)
+        if self.final_only:
+            return self.calls(self.final_logits(out.resid).view(-1, self.n, 1, self.w.d_vocab))
         logits = out.logits.view(-1, self.n, *out.logits.shape[1:])
         if start_pos > 0:
             prefix = self.base_logits[:, :start_pos].to(logits.dtype)
             prefix = prefix.expand(logits.shape[0], *prefix.shape)
             logits = torch.cat([prefix, logits], dim=2)
-        return torch.stack([self.call(variant) for variant in logits])
+        return self.calls(logits)
 
     def from_answer_logits(self, logits: Float[torch.Tensor, "rows 2"]) -> torch.Tensor:
         return self.metric.from_answer_logits(logits.view(-1, self.n, 2))
 
     def call(self, logits: Float[torch.Tensor, "n seq vocab"]) -> torch.Tensor:
-        return guards.check_metric_output(self.metric(logits), self.per_prompt, self.n)
+        return self._check(self.metric(logits))
 
     @property
     def verify_prompts(self) -> int:
@@ -161,7 +217,8 @@ class _Evaluator:
         return min(self.n, guards.VERIFY_PROMPTS) if self.fast else self.n
 
     def bridge_value(self, logits: Float[torch.Tensor, "m seq vocab"]) -> torch.Tensor:
-        """The metric of the hooked model's full logits for the leading ``m`` prompts."""
+        """The metric of the hooked model's full logits for the leading ``m`` prompts (a
+        callable always gets full logits here: this is what proves a final-only guess)."""
         if self.fast:
             return self.metric.for_prompts(logits.shape[0])(logits)
         return self.call(logits)
@@ -170,6 +227,8 @@ class _Evaluator:
         """The metric of the unpatched base run, ``[1, n]`` or ``[1]``."""
         if self.fast:
             return self.from_answer_logits(answer_logits(w, base.resid_final[:, -1], self.answers))
+        if self.final_only:
+            return self.call(self.final_logits(base.resid_final))[None]
         return self.call(logits_of(w, base))[None]
 
 
@@ -254,8 +313,8 @@ def _sweep_layer(
 
 
 def _shortcut(w: ForwardWeights, component: str, evaluator: _Evaluator, base: RunCache) -> bool:
-    """Whether head patches skip the patched block (parallel model, answer-logit metric)."""
-    return w.parallel and evaluator.fast and (component == "z" or base.q is not None)
+    """Whether head patches skip the patched block (parallel model, final-position metric)."""
+    return w.parallel and evaluator.final_only and (component == "z" or base.q is not None)
 
 
 def _z_shortcut(
@@ -305,9 +364,7 @@ def _continue_after(
     resid = block_after_head_write(w, base, next_block, heads, z_diff, start_pos)
     next_layer = layer + 2
     if next_layer == w.n_layers:
-        return ForwardOutput(
-            resid=resid, answer_logits=answer_logits(w, resid[:, -1], evaluator.answers)
-        )
+        return evaluator.finish(resid)
     return forward(
         w,
         resid,
@@ -383,6 +440,7 @@ def _sweep(
     body: Callable[[ForwardWeights, RunCache, RunCache, _Evaluator, int], torch.Tensor],
     verify: Callable[[ForwardWeights, RunCache, RunCache, _Evaluator, torch.Tensor], None] | None,
     describe_cell: Callable[[tuple[int, ...]], str],
+    stats: SweepStats | None = None,
 ) -> torch.Tensor:
     """Run ``body(w, clean, base, evaluator, variants_per_forward)`` over prompt chunks.
 
@@ -412,12 +470,26 @@ def _sweep(
                 metric.answers[rows], metric.clean_baseline, metric.corrupted_baseline
             )
         clean, base = run_pair(w, clean_tokens[rows], corrupted_tokens[rows], keep_clean, keep_base)
-        evaluator = _Evaluator(w, chunk_metric, per_prompt, base)
-        values = body(w, clean, base, evaluator, plan.variants)
-        guards.check_finite(values, describe_cell, evaluator.per_prompt, first, evaluator.n)
+        evaluator = _Evaluator(w, chunk_metric, per_prompt, base, clean)
+        variants = plan.variants
+        if not fast:
+            width = w.d_vocab * (1 if evaluator.final_only else seq)  # the metric's input
+            variants = plan_for(w, n, seq, n_variants, memory_budget, width).variants
+        values = body(w, clean, base, evaluator, variants)
+        try:
+            guards.check_finite(values, describe_cell, evaluator.per_prompt, first, evaluator.n)
+        except MetricError as error:
+            if evaluator.fast or not evaluator.final_only:
+                raise
+            raise MetricError(f"{error}. {wrong_guess(evaluator.access)}") from error
         if verify is not None and first == 0:
             verify(w, clean, base, evaluator, values)
         parts.append(values)
+        if stats is not None:
+            stats.metric_reads = evaluator.access.reads
+            stats.metric_reason = evaluator.access.reason
+            if evaluator.calls is not None:
+                stats.metric_calls = evaluator.calls.fallback or "vmap"
     values = torch.cat(parts, dim=-1) if chunked else parts[0]
     if fast and not per_prompt:
         values = values.mean(dim=-1)
@@ -530,6 +602,7 @@ def patch_heads(
             body,
             check if verify else None,
             describe,
+            stats,
         ).clone()
 
 
@@ -561,16 +634,21 @@ def _verify_on_bridge(
     per-prompt values (or its scalar, when every prompt is verified).
     """
     rows = evaluator.verify_prompts
-    guards.verify_cell(
-        model,
-        cell,
-        base.tokens[:rows],
-        clean_act[:rows],
-        base_act[:rows],
-        evaluator.bridge_value,
-        value[:rows] if evaluator.per_prompt else value,
-        _tolerance(w),
-    )
+    try:
+        guards.verify_cell(
+            model,
+            cell,
+            base.tokens[:rows],
+            clean_act[:rows],
+            base_act[:rows],
+            evaluator.bridge_value,
+            value[:rows] if evaluator.per_prompt else value,
+            _tolerance(w),
+        )
+    except guards.PatchNotApplied as error:
+        if evaluator.fast or not evaluator.final_only:
+            raise
+        raise guards.PatchNotApplied(f"{error}. {wrong_guess(evaluator.access)}") from error
 
 
 def _verify_heads(model, w, component, by_position, values, clean, base, evaluator) -> None:
@@ -665,4 +743,5 @@ def patch_resid(
             body,
             check if verify else None,
             lambda index: f"the resid_pre patch at L{index[0]} pos {index[1]}",
+            stats,
         ).clone()

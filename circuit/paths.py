@@ -32,8 +32,10 @@ inputs; step 3 computes only the receiver heads at the first receiver layer
 (:func:`~circuit.engine.forward.head_write`), then resumes with ``Edit`` s of the later
 receivers' inputs. Direct mode: one forward of the corrupted prompts from the first receiver
 layer with an additive ``Edit`` of the receivers' ``{q,k,v}_input``. With a metric that reads
-the answer logits only (:func:`circuit.metrics.reads_answer_logits_only`) the last layer
-computes only the final position and only the two answer logits are unembedded. Parallel and
+the final position only (:func:`circuit.metrics.metric_access`: a ``LogitDiffMetric``, or a
+callable that passes the probe and is then given ``[n, 1, vocab]``) the last layer computes only
+the final position, and only the two answer logits (``LogitDiffMetric``) or the final position's
+logits are unembedded; a callable runs once per chunk of senders (``vmap``). Parallel and
 sequential (``use_parallel_residual=False``) blocks are both supported. No per-sender
 ``.item()``.
 
@@ -63,6 +65,7 @@ from circuit.engine.forward import (
     ForwardOutput,
     RunCache,
     answer_logits,
+    final_logits,
     first_difference,
     forward,
     forward_after_write,
@@ -88,7 +91,17 @@ from circuit.guards import (
     check_tokens,
 )
 from circuit.heads import Head
-from circuit.metrics import Metric, reads_answer_logits_only
+from circuit.metrics import (
+    FINAL_ONLY_CONTRACT,
+    READS_FINAL,
+    Metric,
+    MetricAccess,
+    MetricError,
+    VariantCalls,
+    metric_access,
+    reads_answer_logits_only,
+    wrong_guess,
+)
 
 ReceiverInput = Literal["q", "k", "v"]
 PathMode = Literal["freeze", "direct"]
@@ -315,19 +328,25 @@ def _values(
     out: ForwardOutput,
     metric: Metric,
     n: int,
-    per_prompt: bool,
+    calls: VariantCalls | None,
     base_logits: torch.Tensor | None,
+    w: ForwardWeights,
+    columns: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Metric values of a chunk's variants: ``[V, n]`` from the answer logits when
-    ``base_logits`` is None (the fast metric), else ``[V]`` or ``[V, n]`` from full logits, the
-    positions before the computed ones taken from ``base_logits`` (the base run's)."""
-    if base_logits is None:
+    """Metric values of a chunk's variants: ``[V, n]`` from the answer logits (``calls`` is
+    None: the LogitDiffMetric), else ``[V]`` or ``[V, n]`` from the callable on the final
+    position's logits ``[n, 1, vocab]`` (``base_logits`` None) or on full logits, the positions
+    before the computed ones taken from ``base_logits`` (the base run's)."""
+    if calls is None:
         return metric.with_per_prompt(True).from_answer_logits(out.answer_logits.view(-1, n, 2))
+    if base_logits is None:
+        logits = final_logits(w, out.resid[:, -1], columns)
+        return calls(logits.view(-1, n, 1, w.d_vocab))
     logits = out.logits.view(-1, n, *out.logits.shape[1:])
     earlier = base_logits[:, : base_logits.shape[1] - logits.shape[2]].to(logits.dtype)
     if earlier.shape[1]:
         logits = torch.cat([earlier.expand(logits.shape[0], *earlier.shape), logits], dim=2)
-    return torch.stack([_metric_value(metric, variant, n, per_prompt) for variant in logits])
+    return calls(logits)
 
 
 def _plan(model: TransformerBridge, receivers: Sequence[Head], receiver_input: str) -> _Plan:
@@ -349,7 +368,10 @@ def _plan(model: TransformerBridge, receivers: Sequence[Head], receiver_input: s
 
 
 def _metric_value(metric: Metric, logits: torch.Tensor, n: int, per_prompt: bool) -> torch.Tensor:
-    value = metric(logits)
+    return _checked(metric(logits), n, per_prompt)
+
+
+def _checked(value: object, n: int, per_prompt: bool) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise PathPatchError(f"the metric returned {type(value).__name__}, not a tensor")
     return check_metric_output(value, per_prompt, n)
@@ -378,12 +400,21 @@ def _check_supported(model: TransformerBridge) -> None:
 
 
 def _base_value(
-    w: ForwardWeights, cache: RunCache, metric: Metric, n: int, per_prompt: bool
+    w: ForwardWeights,
+    cache: RunCache,
+    metric: Metric,
+    n: int,
+    per_prompt: bool,
+    access: MetricAccess,
 ) -> torch.Tensor:
-    """The metric of an unpatched run (answer logits alone for the fast metric)."""
+    """The metric of an unpatched run (answer logits alone for the fast metric, the final
+    position's logits for a final-position callable)."""
     if reads_answer_logits_only(metric):
         logits = answer_logits(w, cache.resid_final[:, -1], metric.answers)
         return metric.from_answer_logits(logits)
+    if access.final_only:
+        logits = final_logits(w, cache.resid_final[:, -1], access.columns)
+        return _metric_value(metric, logits, n, per_prompt)
     return _metric_value(metric, logits_of(w, cache), n, per_prompt)
 
 
@@ -436,15 +467,27 @@ def path_patch_detailed(
     runs = _runs(w, clean_tokens.to(device), corrupted_tokens.to(device), mode)
     z_clean, z_corrupted = _z_by_hook(runs.clean), _z_by_hook(runs.corrupted)
     base_run = runs.base
-    base_value = _base_value(w, base_run, metric, n, per_prompt)
+    calls = None
     if fast_metric:
+        access = metric_access(metric)
         outputs = {"answers": metric.answers.to(device), "final_only": True}
         base_logits = None
+        vocab = 0
     else:
-        outputs = {"full_logits": True}
-        base_logits = logits_of(w, base_run)
-
-    vocab = 0 if fast_metric else w.d_vocab
+        pair = (runs.clean, runs.corrupted)
+        finals = tuple(final_logits(w, run.resid_final[:, -1]) for run in pair)
+        access = metric_access(metric, finals, seq)
+        del finals
+        calls = VariantCalls(metric, lambda value: _checked(value, n, per_prompt))
+        if access.final_only:
+            outputs = {"final_only": True}  # the readout is final_logits of the output's resid
+            base_logits = None
+            vocab = -(-w.d_vocab // max(1, seq - runs.start))
+        else:
+            outputs = {"full_logits": True}
+            base_logits = logits_of(w, base_run)
+            vocab = w.d_vocab
+    base_value = _base_value(w, base_run, metric, n, per_prompt, access)
     size = _chunk_size(n, seq - runs.start, w, vocab, chunk_bytes)
     run_chunk = _freeze_chunk if mode == "freeze" else _direct_chunk
     values: list[torch.Tensor] = []
@@ -457,7 +500,7 @@ def path_patch_detailed(
         changes.append(change)
         if out.leaks:
             outside = max(outside, float(torch.stack(list(out.leaks.values())).max()))
-        values.append(_values(out, metric, n, per_prompt, base_logits))
+        values.append(_values(out, metric, n, calls, base_logits, w, access.columns))
         chunks += 1
 
     all_values = torch.cat(values).float().cpu()
@@ -471,7 +514,12 @@ def path_patch_detailed(
         )
         return f"the path from sender L{layer}H{head} into {receivers_text} ({receiver_input})"
 
-    check_finite(all_values, describe, fast_metric or per_prompt, 0, n)
+    try:
+        check_finite(all_values, describe, fast_metric or per_prompt, 0, n)
+    except MetricError as error:
+        if access.reads != READS_FINAL:
+            raise
+        raise MetricError(f"{error}. {wrong_guess(access)}") from error
     per_prompt_values = all_values if fast_metric else None
     if fast_metric and not per_prompt:
         all_values = all_values.mean(dim=-1)
@@ -485,6 +533,11 @@ def path_patch_detailed(
         raise PatchNotAppliedError(
             f"the functional forward does not reproduce the model (metric off by "
             f"{reproduction_error:.3g}): unsupported architecture for the fast path"
+            + (
+                f", or a metric that reads earlier positions ({FINAL_ONLY_CONTRACT})"
+                if access.reads == READS_FINAL
+                else ""
+            )
         )
     if outside != 0.0:
         raise PatchNotAppliedError(f"a patch leaked outside the receiver heads ({outside:.3g})")
@@ -522,9 +575,10 @@ def path_patch_detailed(
         verification_error = float((hooked.float().cpu() - fast_value).abs().max())
         forwards += 2 if mode == "freeze" else 1
         if verification_error > _tolerance(fast_value):
+            guess = f". {wrong_guess(access)}" if access.reads == READS_FINAL else ""
             raise PatchNotAppliedError(
                 f"sender {verified_sender}: the bridge's hooked run gives a metric "
-                f"{verification_error:.3g} away from the fast value"
+                f"{verification_error:.3g} away from the fast value{guess}"
             )
     evidence = PathPatchEvidence(
         receiver_change=grid,

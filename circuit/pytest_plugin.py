@@ -17,6 +17,12 @@ file becomes one test, with an id such as ``word-movers[L3H6,L4H6,L5H7]-heldout`
 ``--claims-report DIR``  write an HTML report (``index.html``) with a figure per piece of evidence
 ``--claims-allow-skip``  let a run pass in which every case is skipped (weights unavailable)
 ``--claims-table``       verdict table layout: ``full``, ``compact`` or ``auto``
+``--claims-fuzz N``      also judge each claim on N drawn datasets (a ``-fuzz`` test per claim)
+``--claims-baseline-save[=NAME]``, ``--claims-baseline-compare[=NAME|PATH]``,
+``--claims-baseline-fail=EXPR``  store a run's numbers, compare a later run with them and fail
+                         on a changed verdict, disjoint intervals or a moved statistic
+                         (:mod:`circuit.baselines`); ``--revision a,b`` or ``all`` judges
+                         every claim at several revisions (:mod:`circuit.formation`)
 
 This module only registers the options. A run that judges claims (``--claims`` given, or a
 path argument that is, holds or lies in ``claims_dir``, or a ``.toml`` file) registers
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from circuit.layouts import TABLE_LAYOUTS
+from circuit.defaults import BASELINE_DIRECTORY, BASELINE_NAME, BASELINE_RULES, TABLE_LAYOUTS
 
 OPTIONS: tuple[tuple[str, str, str, str | None], ...] = (
     ("--model", "claims_model", "model spec claims run against (default: bundled)", None),
@@ -36,7 +42,7 @@ OPTIONS: tuple[tuple[str, str, str, str | None], ...] = (
     ("--device", "claims_device", "torch device (default: cuda if available, else cpu)", None),
     ("--dtype", "claims_dtype", "model dtype (default: float32)", "float32"),
     ("--claims-json", "claims_json", "write the JSON verdict report to this path", None),
-    ("--claims-cache", "claims_cache", "directory for the on-disk sweep cache", None),
+    ("--claims-cache", "claims_cache", "directory for the on-disk measurement cache", None),
     ("--claims-report", "claims_report", "write the HTML report with figures into this dir", None),
 )
 
@@ -74,6 +80,56 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "terminal is wide enough) [ini: claims_table]",
     )
     parser.addini("claims_table", "--claims-table", default="auto")
+    group.addoption(
+        "--claims-fuzz",
+        dest="claims_fuzz",
+        default=None,
+        type=int,
+        metavar="N",
+        help="also judge each claim on N datasets that hypothesis draws (one '-fuzz' test per "
+        "claim, passing only when CONFIRMED on all; docs/fuzzing.md) [ini: claims_fuzz]",
+    )
+    parser.addini("claims_fuzz", "--claims-fuzz", default="0")
+    group.addoption(
+        "--claims-baseline-save",
+        nargs="?",
+        const=BASELINE_NAME,
+        default=None,
+        metavar="NAME",
+        dest="claims_baseline_save",
+        help=f"store this run's numbers as baseline NAME (default {BASELINE_NAME!r}) under "
+        "claims_baseline_dir/<model>/",
+    )
+    group.addoption(
+        "--claims-baseline-compare",
+        nargs="?",
+        const=BASELINE_NAME,
+        default=None,
+        metavar="NAME|PATH",
+        dest="claims_baseline_compare",
+        help="compare this run with a stored baseline (a name, or a path to its JSON file); "
+        "a failing comparison prints a diff and fails the run",
+    )
+    group.addoption(
+        "--claims-baseline-fail",
+        default=None,
+        metavar="EXPR",
+        dest="claims_baseline_fail",
+        help="when a compared check fails: verdict, overlap, statistic:5%% or statistic:0.05, "
+        f"comma-separated [ini: claims_baseline_fail, default {BASELINE_RULES}]",
+    )
+    parser.addini("claims_baseline_fail", "--claims-baseline-fail", default=BASELINE_RULES)
+    group.addoption(
+        "--claims-baseline-dir",
+        default=None,
+        metavar="DIR",
+        dest="claims_baseline_dir",
+        help=f"directory of stored baselines [ini: claims_baseline_dir, default "
+        f"{BASELINE_DIRECTORY} under the rootdir]",
+    )
+    parser.addini(
+        "claims_baseline_dir", "directory of stored baselines", default=BASELINE_DIRECTORY
+    )
 
 
 def argument_paths(config: pytest.Config) -> list[Path]:

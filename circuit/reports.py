@@ -18,7 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from circuit.layouts import TABLE_LAYOUTS
+from circuit.defaults import TABLE_LAYOUTS
 from circuit.statistics import VERDICT_ORDER, Judgement, Verdict, confidence_text, worst
 
 ERROR = "ERROR"
@@ -40,6 +40,9 @@ class ClaimRecord:
     checks: tuple[Judgement, ...] = ()
     error: str | None = None
     n_prompts: int = 0
+    top_heads: tuple[str, ...] = ()
+    """The model's top heads by the kind's measure (as many as claimed; empty if unranked)."""
+    dataset_digest: str = ""
 
     @property
     def outcome(self) -> str:
@@ -121,7 +124,8 @@ def compact_rows(records: Sequence[ClaimRecord]) -> list[list[str]]:
     corrected p, and the check's verdict (the claim's in capitals on its own row)."""
     rows: list[list[str]] = []
     for record in records:
-        name = f"{record.claim_id}/{record.variant}"
+        at = f"@{record.revision}"
+        name = f"{record.claim_id}/{record.variant}" + (at if record.test_id.endswith(at) else "")
         if record.error is not None or not record.checks:
             rows.append([name, "-", "", "", "", "", ERROR])
             continue
@@ -212,6 +216,8 @@ def record_json(record: ClaimRecord) -> dict[str, Any]:
         "revision": record.revision,
         "variant": record.variant,
         "n_prompts": record.n_prompts,
+        "dataset_digest": record.dataset_digest,
+        "top_heads": list(record.top_heads),
         "statistic": headline.get("statistic"),
         "interval": headline.get("interval"),
         "threshold": headline.get("threshold"),

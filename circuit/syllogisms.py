@@ -12,10 +12,25 @@
 4. sample ``n_pairs`` of them with ``random.Random(seed)`` and add each one's swapped twin.
 
 Prompt ``2k+1`` is the swapped twin of prompt ``2k``, so the corrupted tokens are the
-clean tokens with neighbours exchanged, as in the notebook. Deviation from the notebook:
-its ``generate_combinations`` paired descriptor ``i`` with descriptor ``i+1`` cyclically
-in the text while its answers paired ``2k`` with ``2k+1``; here text and answers both use
-the declared pairs, which is what its answer tokens and corruption assume.
+clean tokens with neighbours exchanged, as in the notebook.
+
+A recipe's ``family`` picks the prompts (templates as data: :data:`circuit.templates.
+FAMILY_TEMPLATES`). ``study`` is the above. ``two-premise`` states two premises about
+different categories ("All birds are exoskeletal, not endoskeletal. All fish are nocturnal,
+not diurnal. Horses are birds. Therefore, horses are"); the answer is the first premise's
+descriptor, the wrong answer the other premise's (role ``distractor``), and each prompt's
+corrupted twin names the other category in the minor premise, which changes the answer and
+nothing else. Prompt ``2k+1`` exchanges the two premises' descriptors (and opposites) of prompt
+``2k``, so every descriptor is the right answer as often as the wrong one. Its combinations are
+too many to enumerate: ``max(8 n_pairs, 512)`` are drawn (seeded) and then filtered and
+sampled as above; the ``study`` variant keeps a combination only if the logit-diff filter
+holds for it, its corrupted prompt, its twin and the twin's corrupted prompt; a combination
+whose four premise words do not start with four different tokens is dropped.
+
+Deviation from the notebook: its ``generate_combinations`` paired descriptor ``i`` with
+descriptor ``i+1`` cyclically in the text while its answers paired ``2k`` with ``2k+1``; here
+text and answers both use the declared pairs, which is what its answer tokens and corruption
+assume.
 """
 
 import itertools
@@ -29,7 +44,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.dataset import FilterReport, SyllogismDataset
 from circuit.metrics import logit_diff
-from circuit.templates import STUDY_TEMPLATE, fill_template
+from circuit.templates import FAMILIES, FAMILY_TEMPLATES, STUDY_TEMPLATE, fill_template
 from circuit.vocabulary import (
     ADDED_DESCRIPTOR_PAIRS,
     HELDOUT_CATEGORIES,
@@ -101,6 +116,9 @@ class Recipe:
     lengths: TokenLengths = TokenLengths()
     logit_diff_filter: bool = True
     threshold: float = LOGIT_DIFF_THRESHOLD
+    family: str = "study"
+    """The prompt family (:data:`circuit.templates.FAMILIES`); ``template`` must be one of
+    its templates (``recipe_for`` picks the family's own unless ``template`` is given)."""
 
 
 def _check_integer(name: str, value: object, minimum: int | None = None) -> None:
@@ -128,6 +146,11 @@ def recipe_for(variant: str, **overrides: object) -> Recipe:
         _check_integer("seed", overrides["seed"])
     if "n_pairs" in overrides:
         _check_integer("n_pairs", overrides["n_pairs"], 1)
+    family = overrides.get("family", "study")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise DatasetError(f"unknown prompt family {family!r}: use one of {list(FAMILIES)}")
+    if "template" not in overrides:
+        overrides = {**overrides, "template": FAMILY_TEMPLATES[family]}
     defaults: dict[str, object] = {
         "study": {},
         "unfiltered": {"words": UNFILTERED_WORDS, "logit_diff_filter": False},
@@ -138,12 +161,31 @@ def recipe_for(variant: str, **overrides: object) -> Recipe:
 
 @dataclass(frozen=True)
 class Combination:
-    """One clean prompt's words; its twin swaps descriptor and opposite."""
+    """One clean prompt's words; its twin swaps descriptor and opposite.
+
+    A two-premise combination (``distractor`` set) adds the other premise's category,
+    descriptor and opposite, and ``minor``, the category its minor premise names (empty: the
+    answer premise's ``category``); its twin exchanges the two premises' descriptors and
+    opposites, its corrupted prompt names ``other_category`` in the minor premise.
+    """
 
     category: str
     descriptor: str
     opposite: str
     noun: str
+    other_category: str = ""
+    distractor: str = ""
+    other_opposite: str = ""
+    minor: str = ""
+
+    @property
+    def two_premise(self) -> bool:
+        return bool(self.distractor)
+
+    @property
+    def wrong(self) -> str:
+        """The wrong answer: the distractor premise's descriptor, else the opposite."""
+        return self.distractor if self.two_premise else self.opposite
 
     def words(self) -> dict[str, str]:
         """Template field values."""
@@ -153,16 +195,42 @@ class Combination:
             "opposite": self.opposite,
             "noun": self.noun,
             "noun_lower": self.noun.lower(),
+            "other_category": self.other_category,
+            "distractor": self.distractor,
+            "other_opposite": self.other_opposite,
+            "minor_category": self.minor or self.category,
         }
 
     def levels(self) -> dict[str, str]:
-        """This prompt's level of every factor (the pair is unordered: twins share it)."""
+        """This prompt's level of every factor (unordered pairs: twins share every level).
+
+        Two-premise prompts: ``pair`` is the unordered {descriptor, distractor} and
+        ``category`` the unordered {category, other_category}."""
+        if self.two_premise:
+            pair = "/".join(sorted((self.descriptor, self.distractor)))
+            category = "/".join(sorted((self.category, self.other_category)))
+            return {"pair": pair, "category": category, "noun": self.noun}
         pair = "/".join(sorted((self.descriptor, self.opposite)))
         return {"pair": pair, "category": self.category, "noun": self.noun}
 
     def swapped(self) -> "Combination":
         """The twin prompt's words."""
+        if self.two_premise:
+            return replace(
+                self,
+                descriptor=self.distractor,
+                opposite=self.other_opposite,
+                distractor=self.descriptor,
+                other_opposite=self.opposite,
+            )
         return replace(self, descriptor=self.opposite, opposite=self.descriptor)
+
+    def corrupted(self) -> "Combination":
+        """The corrupted prompt's words: the study's twin, or (two-premise) the minor premise
+        naming the other premise's category (same tokens elsewhere, the answer changes)."""
+        if self.two_premise:
+            return replace(self, minor=self.other_category)
+        return self.swapped()
 
 
 @dataclass(frozen=True)
@@ -266,11 +334,50 @@ def tokenize_prompt(tokenizer, template: str, combination: Combination) -> Token
 
 
 def answer_tokens(tokenizer, combination: Combination) -> tuple[int, int]:
-    """First tokens of the descriptor and of the opposite (right, wrong)."""
+    """First tokens of the descriptor and of the wrong answer (right, wrong): the opposite,
+    or in a two-premise prompt the distractor premise's descriptor."""
     return (
         word_tokens(tokenizer, combination.descriptor)[0],
-        word_tokens(tokenizer, combination.opposite)[0],
+        word_tokens(tokenizer, combination.wrong)[0],
     )
+
+
+def _distinct_first_tokens(tokenizer, combination: Combination) -> bool:
+    """The premises' four words (descriptor, opposite, distractor, its opposite) start with
+    four different tokens (" endothermic" and " endoskeletal" share " end"), so the right and
+    the wrong answer differ and neither appears elsewhere as a first token."""
+    words = (
+        combination.descriptor,
+        combination.opposite,
+        combination.distractor,
+        combination.other_opposite,
+    )
+    firsts = [word_tokens(tokenizer, word)[0] for word in words]
+    return len(set(firsts)) == len(firsts)
+
+
+def two_premise_combinations(words: WordLists, seed: int, count: int) -> list[Combination]:
+    """``count`` distinct two-premise combinations drawn with a seeded RNG (fewer if fewer
+    exist): two distinct categories, descriptors from two distinct pairs (each pair in either
+    orientation), one noun."""
+    rng = random.Random(f"{seed}-two-premise")
+    pairs, categories, nouns = words.descriptor_pairs, words.categories, words.nouns
+    nouns = tuple(dict.fromkeys(nouns))
+    if len(pairs) < 2 or len(categories) < 2 or not nouns:
+        return []
+    total = len(categories) * (len(categories) - 1) * len(pairs) * (len(pairs) - 1) * 4
+    count = min(count, total * len(nouns) // 2)
+    found: dict[Combination, None] = {}
+    while len(found) < count:
+        category, other = rng.sample(categories, 2)
+        first, second = rng.sample(pairs, 2)
+        first = first if rng.random() < 0.5 else first[::-1]
+        second = second if rng.random() < 0.5 else second[::-1]
+        noun = rng.choice(nouns)
+        combination = Combination(category, *first, noun, other, *second)
+        if combination.swapped() not in found:
+            found.setdefault(combination)
+    return list(found)
 
 
 def stack_aligned(prompts: list[TokenizedPrompt]) -> tuple[torch.Tensor, dict[str, int]]:
@@ -304,19 +411,28 @@ def _final_logit_diffs(
     return torch.cat(diffs)
 
 
-def _logit_diff_filter(
-    model: TransformerBridge, tokenizer, recipe: Recipe, candidates: list[Combination]
-) -> tuple[list[Combination], FilterReport]:
+def _passes(model, tokenizer, recipe: Recipe, candidates: list[Combination]) -> list[bool]:
+    """Clean logit diff > threshold and corrupted < -threshold, per candidate."""
     clean = [tokenize_prompt(tokenizer, recipe.template, c) for c in candidates]
-    swapped = [tokenize_prompt(tokenizer, recipe.template, c.swapped()) for c in candidates]
+    swapped = [tokenize_prompt(tokenizer, recipe.template, c.corrupted()) for c in candidates]
     clean_tokens, _ = stack_aligned(clean)
     swapped_tokens, _ = stack_aligned(swapped)
     answers = torch.tensor([answer_tokens(tokenizer, c) for c in candidates])
     clean_diff = _final_logit_diffs(model, clean_tokens, answers)
     swapped_diff = _final_logit_diffs(model, swapped_tokens, answers)
-    keep = ((clean_diff > recipe.threshold) & (swapped_diff < -recipe.threshold)).tolist()
-    kept = [c for c, k in zip(candidates, keep, strict=True) if k]
+    return ((clean_diff > recipe.threshold) & (swapped_diff < -recipe.threshold)).tolist()
+
+
+def _logit_diff_filter(
+    model: TransformerBridge, tokenizer, recipe: Recipe, candidates: list[Combination]
+) -> tuple[list[Combination], FilterReport]:
+    keep = _passes(model, tokenizer, recipe, candidates)
     name = f"logit diff > {recipe.threshold:g} and swapped < -{recipe.threshold:g}"
+    if recipe.family != "study":
+        twins = _passes(model, tokenizer, recipe, [c.swapped() for c in candidates])
+        keep = [a and b for a, b in zip(keep, twins, strict=True)]
+        name = f"logit diff > {recipe.threshold:g} and corrupted < -{recipe.threshold:g}, twin too"
+    kept = [c for c, k in zip(candidates, keep, strict=True) if k]
     return kept, FilterReport(name, len(kept), len(candidates))
 
 
@@ -334,13 +450,25 @@ def pair_opposites(sampled: list[Combination]) -> list[Combination]:
 
 def generate(tokenizer, recipe: Recipe, model: TransformerBridge | None = None) -> SyllogismDataset:
     """Build a dataset from a recipe; ``model`` is needed only for the logit-diff filter."""
+    if recipe.family not in FAMILIES:
+        raise DatasetError(f"unknown prompt family {recipe.family!r}: use one of {list(FAMILIES)}")
     words, reports = filter_words(tokenizer, recipe.words, recipe.lengths)
     for report in reports:
         if report.kept == 0:
             raise DatasetError(
                 f"{recipe.variant}: filter '{report.name}' kept {report.kept}/{report.total}"
             )
-    candidates = combinations(words)
+    if recipe.family == "study":
+        candidates = combinations(words)
+    else:
+        drawn = two_premise_combinations(words, recipe.seed, max(8 * recipe.n_pairs, 512))
+        candidates = [c for c in drawn if _distinct_first_tokens(tokenizer, c)]
+        reports.append(FilterReport(f"draw (seed {recipe.seed})", len(drawn), len(drawn)))
+        reports.append(
+            FilterReport("premise words have distinct first tokens", len(candidates), len(drawn))
+        )
+        if not candidates:
+            raise DatasetError(f"{recipe.variant}: too few words for two-premise prompts")
     if recipe.logit_diff_filter:
         if model is None:
             raise DatasetError(f"{recipe.variant}: the logit-diff filter needs a model")
@@ -359,14 +487,22 @@ def generate(tokenizer, recipe: Recipe, model: TransformerBridge | None = None) 
     ordered = pair_opposites([candidates[i] for i in indices])
     tokenized = [tokenize_prompt(tokenizer, recipe.template, c) for c in ordered]
     clean_tokens, roles = stack_aligned(tokenized)
-    twin = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(ordered))]
+    if recipe.family == "study":
+        twin = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(ordered))]
+        corrupted = [tokenized[i] for i in twin]
+        corrupted_tokens = clean_tokens[twin]
+    else:
+        corrupted = [tokenize_prompt(tokenizer, recipe.template, c.corrupted()) for c in ordered]
+        corrupted_tokens, corrupted_roles = stack_aligned(corrupted)
+        if corrupted_roles != roles or corrupted_tokens.shape != clean_tokens.shape:
+            raise DatasetError(f"{recipe.variant}: corrupted prompts misalign with clean ones")
     return SyllogismDataset(
         variant=recipe.variant,
         seed=recipe.seed,
         prompts=[p.text for p in tokenized],
-        corrupted_prompts=[tokenized[i].text for i in twin],
+        corrupted_prompts=[p.text for p in corrupted],
         clean_tokens=clean_tokens,
-        corrupted_tokens=clean_tokens[twin],
+        corrupted_tokens=corrupted_tokens,
         answers=torch.tensor([answer_tokens(tokenizer, c) for c in ordered]),
         roles=roles,
         filters=reports,
@@ -384,11 +520,12 @@ def build_dataset(
 ) -> SyllogismDataset:
     """A syllogism dataset for ``model`` (see the module docstring for the recipe).
 
-    ``overrides`` set any :class:`Recipe` field (``n_pairs``, ``template``, ``words``,
-    ``lengths``, ``threshold``, ``logit_diff_filter``). Asking explicitly for more ``n_pairs``
-    than the filters leave is a :class:`DatasetError`, unless ``allow_fewer=True``: then every
-    pair that exists is used and the sample's filter report says how many were asked for (the
-    default, :data:`STUDY_N_PAIRS`, always takes what exists, as the study's recipe did).
+    ``overrides`` set any :class:`Recipe` field (``n_pairs``, ``family``, ``template``,
+    ``words``, ``lengths``, ``threshold``, ``logit_diff_filter``). Asking explicitly for more
+    ``n_pairs`` than the filters leave is a :class:`DatasetError`, unless
+    ``allow_fewer=True``: then every pair that exists is used and the sample's filter report
+    says how many were asked for (the default, :data:`STUDY_N_PAIRS`, always takes what
+    exists, as the study's recipe did).
     """
     if getattr(model, "tokenizer", None) is None:
         raise DatasetError(

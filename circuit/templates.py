@@ -13,17 +13,49 @@ from string import Formatter
 from typing import Final
 
 FIELDS: Final[frozenset[str]] = frozenset(
-    {"category", "descriptor", "opposite", "noun", "noun_lower"}
+    {
+        "category",
+        "descriptor",
+        "opposite",
+        "noun",
+        "noun_lower",
+        "other_category",
+        "distractor",
+        "other_opposite",
+        "minor_category",
+    }
 )
 REQUIRED_FIELDS: Final[frozenset[str]] = frozenset({"descriptor", "opposite"})
-FIELD_ENTITY: Final[dict[str, str]] = {"noun_lower": "noun"}
-"""Fields naming the same word in another form share one role sequence."""
+FIELD_ENTITY: Final[dict[str, str]] = {"noun_lower": "noun", "minor_category": "category"}
+"""Fields naming the same word in another form share one role sequence. ``minor_category``
+is the category the minor premise names: the answer premise's category in a clean prompt,
+another premise's in its corrupted twin; it shares the ``category`` roles, so in the
+two-premise template it is ``category2``, as the study's minor premise is."""
 
 STUDY_TEMPLATE: Final[str] = (
     "All {category} are {descriptor}, not {opposite}. {noun} are {category}. "
     "Therefore, {noun_lower} are"
 )
 """The notebook's template (``generate_combinations``), up to the answer."""
+
+TWO_PREMISE_TEMPLATE: Final[str] = (
+    "All {category} are {descriptor}, not {opposite}. "
+    "All {other_category} are {distractor}, not {other_opposite}. "
+    "{noun} are {minor_category}. Therefore, {noun_lower} are"
+)
+"""Two premises about different categories; the minor premise decides which premise's
+descriptor is the answer. Roles: ``descriptor`` is the answer premise's descriptor (first
+token), ``distractor`` the other premise's; ``category2`` is the minor premise's category."""
+
+FAMILY_TEMPLATES: Final[dict[str, str]] = {
+    "study": STUDY_TEMPLATE,
+    "two-premise": TWO_PREMISE_TEMPLATE,
+}
+"""Prompt families by name and their templates. ``study``: the notebook's syllogism, corrupted
+by swapping descriptor and opposite; ``two-premise``: corrupted by naming the other premise's
+category in the minor premise (``circuit.syllogisms``)."""
+
+FAMILIES: Final[tuple[str, ...]] = tuple(FAMILY_TEMPLATES)
 
 
 class TemplateError(ValueError):

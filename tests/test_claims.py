@@ -219,7 +219,7 @@ def _planted_subject(n: int = 40):
 
     from circuit.dataset import SyllogismDataset
     from circuit.kinds.measurements import Subject
-    from circuit.sweeps import SubjectKey, SweepStore
+    from circuit.measurement_store import MeasurementStore, SubjectKey
 
     g = torch.Generator().manual_seed(0)
     layers, heads, seq = 3, 4, 6
@@ -245,7 +245,7 @@ def _planted_subject(n: int = 40):
     )
     model = SimpleNamespace(cfg=SimpleNamespace(n_layers=layers, n_heads=heads, device="cpu"))
     key = SubjectKey("planted", None, "float32", "cpu", "heldout", 0, None)
-    store = SweepStore()
+    store = MeasurementStore()
     subject = Subject(model, data, key, store)
 
     attention = torch.rand(n, layers, heads, seq, generator=g) * 0.2
@@ -370,3 +370,22 @@ def test_claim_file_refuses_impossible_values(text: str, change: str, names: tup
     assert message.startswith("bad.toml")
     for name in names:
         assert name in message, f"{name!r} not in {message!r}"
+
+
+def test_dataset_family_and_query_receiver_input_parse():
+    parsed = parse_claim_text(VALID, "x.toml")
+    assert parsed.dataset.family == "study"
+    assert "receiver_input" not in parsed.claims[2].options  # q, as the study claims
+    text = VALID.replace("n_pairs = 10\n", 'n_pairs = 10\nfamily = "two-premise"\n')
+    text = text.replace(
+        "thresholds = { top_k = 1, effect = 0.01 }",
+        'thresholds = { top_k = 1, effect = 0.01 }\nreceiver_input = "k"',
+    )
+    parsed = parse_claim_text(text, "x.toml")
+    assert parsed.dataset.family == "two-premise"
+    assert parsed.claims[2].options["receiver_input"] == "k"
+    with pytest.raises(ClaimFileError, match="family must be one of"):
+        parse_claim_text(VALID.replace("n_pairs = 10\n", 'n_pairs = 10\nfamily = "x"\n'), "x.toml")
+    bad = text.replace('receiver_input = "k"', 'receiver_input = "z"')
+    with pytest.raises(ClaimFileError, match="receiver_input"):
+        parse_claim_text(bad, "x.toml")

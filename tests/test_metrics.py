@@ -1,7 +1,17 @@
 import pytest
 import torch
 
-from circuit.metrics import LogitDiffMetric, MetricError, logit_diff, normalised_metric
+from circuit.metrics import (
+    READS_ALL,
+    READS_FINAL,
+    EveryPosition,
+    LogitDiffMetric,
+    MetricError,
+    VariantCalls,
+    logit_diff,
+    metric_access,
+    normalised_metric,
+)
 
 
 def _logits(values: list[list[float]], seq: int = 3) -> torch.Tensor:
@@ -58,3 +68,100 @@ def test_mismatched_shapes_raise():
         LogitDiffMetric(torch.zeros(3, dtype=torch.long))
     with pytest.raises(MetricError, match="both baselines"):
         LogitDiffMetric(torch.zeros(3, 2, dtype=torch.long), clean_baseline=1.0)
+
+
+# --- what a callable metric reads (the one decision) -------------------------------------
+
+
+SEQ = 5
+
+
+def _access(metric, n: int = 3, vocab: int = 40):
+    """:func:`metric_access` on random final-position logits of a clean and a corrupted run."""
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randn(n, 1, vocab, generator=generator)
+    corrupted = torch.randn(n, 1, vocab, generator=generator)
+    return metric_access(metric, (clean, corrupted), SEQ)
+
+
+RIGHT, WRONG = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+
+
+def _final_metric(logits):
+    return (logits[:, -1, RIGHT] - logits[:, -1, WRONG]).mean()
+
+
+def test_a_logit_diff_metric_reads_the_answers_only():
+    access = metric_access(LogitDiffMetric(torch.tensor([[0, 1]])))
+    assert access.answers_only
+    assert access.final_only
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        _final_metric,
+        lambda logits: logits[:, -1, RIGHT] - logits[:, -1, WRONG],  # per prompt
+        lambda logits: logits[:, -1].log_softmax(-1)[:, 3].mean(),  # the whole vocabulary
+        lambda logits: logits[:, -1:].max(),  # a reduction over the (one) position
+    ],
+)
+def test_final_position_metrics_are_recognised(metric):
+    access = _access(metric)
+    assert access.reads == READS_FINAL, access.reason
+    assert not access.answers_only
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        lambda logits: logits[:, 0, 3].mean(),  # position 0
+        lambda logits: logits.mean(),  # every position
+        lambda logits: logits[:, -2, 3].mean() * 0 + logits[:, -1, 3].mean(),  # 0 * NaN
+        lambda logits: logits.nan_to_num()[:, 1, 3].mean(),  # NaN-proof, caught by the swap
+        lambda logits: logits[:, SEQ - 1, 3].mean(),  # an absolute index: fails on [n, 1, vocab]
+        lambda logits: logits[:, :, 3].amax(),  # the largest over positions
+    ],
+)
+def test_metrics_reading_earlier_positions_are_detected(metric):
+    access = _access(metric)
+    assert access.reads == READS_ALL, access.reason
+
+
+def test_no_baselines_or_every_position_means_full_logits():
+    assert metric_access(_final_metric).reads == READS_ALL
+    assert _access(EveryPosition(_final_metric)).reads == READS_ALL
+
+
+def test_variant_calls_vectorise_or_fall_back_with_a_reason():
+    logits = torch.randn(4, 3, 1, 11)
+    want = torch.stack([_final_metric(variant) for variant in logits])
+    calls = VariantCalls(_final_metric, torch.as_tensor)
+    assert torch.allclose(calls(logits), want)
+    assert calls.fallback is None
+
+    def branching(logits):
+        if bool(logits[0, -1, 0] > 100):
+            return logits[:, -1, 0].mean()
+        return _final_metric(logits)
+
+    calls = VariantCalls(branching, torch.as_tensor)
+    assert torch.allclose(calls(logits), want)
+    assert calls.fallback is not None
+    assert "vmap failed" in calls.fallback
+
+
+def test_the_columns_a_final_position_metric_reads_are_found():
+    access = _access(_final_metric)
+    assert access.columns is not None
+    assert access.columns.tolist() == [1, 2, 3, 4, 5, 6]
+    assert _access(lambda logits: logits[:, -1].log_softmax(-1)[:, 3].mean()).columns is None
+    assert _access(lambda logits: logits[:, -1].argmax(-1).float().mean()).columns is None
+
+
+def test_columns_are_found_inside_inference_mode():
+    """The sweeps probe the metric under ``torch.inference_mode``."""
+    with torch.inference_mode():
+        access = _access(_final_metric)
+    assert access.columns is not None
+    assert access.columns.tolist() == [1, 2, 3, 4, 5, 6]

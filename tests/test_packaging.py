@@ -19,29 +19,12 @@ from pathlib import Path
 import pytest
 
 from fixtures.tiny_model import write_tiny_model
+from tests.support import claim_file, shipped_claim_file
 
 ROOT = Path(__file__).resolve().parent.parent
 PIP = (sys.executable, "-m", "pip")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 REPORT = ("--claims-json", "r.json", "--claims-table", "compact")
-
-CLAIM = """
-model = "{model}"
-
-[dataset]
-variants = ["heldout"]
-seed = 42
-n_pairs = {n_pairs}
-
-[[claims]]
-id = "movers"
-kind = "word-movers"
-heads = {heads}
-roles = {{ attends_to = "descriptor" }}
-thresholds = {{ share = 0.5 }}
-"""
-HEADS = {"bundled": '["L3H6", "L3H0", "L3H4", "L1H1"]', "local": '["L1H0", "L1H1"]'}
-"""The bundled model's word-mover claim (``claims/bundled.toml``); two heads of the tiny model."""
 
 
 def _run(args: list, cwd: Path) -> subprocess.CompletedProcess:
@@ -107,9 +90,12 @@ def test_the_wheel_ships_the_package_and_the_bundled_model(installed: Path, tmp_
 def test_a_claim_file_alone_is_judged_by_the_installed_plugin(installed, tmp_path, model):
     empty = tmp_path / "project"
     empty.mkdir()
-    spec = "bundled" if model == "bundled" else str(write_tiny_model(tmp_path / "tiny"))
-    n_pairs = 392 if model == "bundled" else 16  # the bundled claim file's recipe
-    (empty / "mine.toml").write_text(CLAIM.format(model=spec, heads=HEADS[model], n_pairs=n_pairs))
+    if model == "bundled":  # a claim the bundled model carries (claims/bundled.toml)
+        spec, text = "bundled", shipped_claim_file()
+    else:
+        spec = str(write_tiny_model(tmp_path / "tiny"))
+        text = claim_file(spec).replace('"heldout", "unfiltered"', '"heldout"')
+    (empty / "mine.toml").write_text(text)
     result = _run(
         [installed, "-m", "pytest", "-p", "no:cacheprovider", "--claims", "mine.toml", *REPORT],
         cwd=empty,
@@ -117,7 +103,9 @@ def test_a_claim_file_alone_is_judged_by_the_installed_plugin(installed, tmp_pat
     assert "circuit-claims: model" in result.stdout, result.stdout + result.stderr
     assert "claim verdicts" in result.stdout
     records = json.loads((empty / "r.json").read_text())["records"]
-    assert [(r["id"], r["variant"], r["model"]) for r in records] == [("movers", "heldout", spec)]
+    assert [(r["kind"], r["variant"], r["model"]) for r in records] == [
+        ("word-movers", "heldout", spec)
+    ]
     if model == "bundled":
         assert records[0]["verdict"] == "CONFIRMED", result.stdout
         assert result.returncode == 0

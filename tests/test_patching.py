@@ -10,7 +10,7 @@ import torch
 from transformer_lens import patching as tl
 
 from circuit import guards, patching
-from circuit.metrics import LogitDiffMetric, normalised_metric
+from circuit.metrics import EveryPosition, LogitDiffMetric, MetricError, normalised_metric
 from circuit.patching import PatchingError, SweepStats, patch_heads, patch_resid
 from fixtures.tiny_model import tokens_for
 
@@ -433,3 +433,110 @@ def test_resid_equals_library_on_the_bundled_model(syllogisms):
     p = syllogisms
     want = tl.get_act_patch_resid_pre(p.model, p.corrupted, p.clean_cache, p.metric)
     _close(patch_resid(p.model, p.clean, p.corrupted, p.metric), want)
+
+
+# --- callable metrics of the TransformerLens kind: the final-position fast path -------------
+
+
+def _tl_metric(p: "Problem"):
+    """``logits -> scalar`` as a TransformerLens user writes it, from tensors of answer ids."""
+    right, wrong = p.answers[:, 0], p.answers[:, 1]
+    rows = torch.arange(len(right))
+    return lambda logits: (logits[rows, -1, right] - logits[rows, -1, wrong]).mean()
+
+
+def _tl_per_prompt_metric(p: "Problem"):
+    right, wrong = p.answers[:, 0], p.answers[:, 1]
+    rows = torch.arange(len(right))
+    return lambda logits: logits[rows, -1, right] - logits[rows, -1, wrong]
+
+
+@pytest.mark.parametrize(("component", "by_position"), CASES)
+def test_final_position_callable_equals_library(tiny32_problem, component, by_position):
+    p = tiny32_problem
+    metric, stats = _tl_metric(p), SweepStats()
+    got = patch_heads(p.model, p.clean, p.corrupted, metric, component, by_position, stats=stats)
+    _close(got, p.reference(component, by_position, metric=metric))
+    assert stats.metric_reads == "final", stats.metric_reason
+    assert "and on 6 of its" in stats.metric_reason  # only the answers' columns unembedded
+    assert stats.metric_calls == "vmap"
+
+
+@pytest.mark.parametrize(("component", "by_position"), [("z", False), ("k", True)])
+def test_per_prompt_final_callable_equals_library(tiny32_problem, component, by_position):
+    p = tiny32_problem
+    metric, stats = _tl_per_prompt_metric(p), SweepStats()
+    want = p.reference(component, by_position, metric=metric, reduce="none")
+    got = patch_heads(
+        p.model, p.clean, p.corrupted, metric, component, by_position, True, stats=stats
+    )
+    _close(got, want.values.movedim(-1, 0))
+    assert stats.metric_reads == "final"
+
+
+def test_final_callable_resid_equals_library(tiny32_problem):
+    p = tiny32_problem
+    metric, stats = _tl_metric(p), SweepStats()
+    want = tl.get_act_patch_resid_pre(p.model, p.corrupted, p.clean_cache, metric)
+    _close(patch_resid(p.model, p.clean, p.corrupted, metric, stats=stats), want)
+    assert stats.metric_reads == "final"
+
+
+def test_final_callable_sequential_block(tiny_sequential):
+    p = Problem(tiny_sequential, 3, 7)
+    metric = _tl_metric(p)
+    for component, by_position in (("z", False), ("q", True)):
+        got = patch_heads(p.model, p.clean, p.corrupted, metric, component, by_position)
+        _close(got, p.reference(component, by_position, metric=metric))
+
+
+def test_a_callable_that_cannot_be_vectorised_runs_in_a_loop(tiny32_problem):
+    p = tiny32_problem
+    plain = _tl_metric(p)
+
+    def branching(logits):
+        if bool(logits[0, -1, 0] > 1e6):
+            return logits[:, -1, 0].mean()
+        return plain(logits)
+
+    stats = SweepStats()
+    got = patch_heads(p.model, p.clean, p.corrupted, branching, "v", stats=stats)
+    _close(got, p.reference("v", False, metric=plain))
+    assert stats.metric_reads == "final"
+    assert stats.metric_calls.startswith("vmap failed")
+
+
+def test_every_position_metric_takes_full_logits(tiny32_problem):
+    p = tiny32_problem
+    stats = SweepStats()
+    got = patch_heads(p.model, p.clean, p.corrupted, _generic_metric, "z", True, stats=stats)
+    _close(got, p.reference("z", True, metric=_generic_metric))
+    assert stats.metric_reads == "all"
+    assert "IndexError" in stats.metric_reason  # logits[:, 1] of [n, 1, vocab]
+
+
+def test_a_metric_reading_position_0_on_some_inputs_is_caught(tiny32_problem):
+    """Reads position 0 only on prompts whose logit difference matches neither baseline: the
+    probe (run on the baselines) cannot see it, the hooked proof with full logits must."""
+    p = tiny32_problem
+    right, wrong, rows = p.answers[:, 0], p.answers[:, 1], torch.arange(3)
+    with torch.inference_mode():
+        known = [
+            (logits[rows, -1, right] - logits[rows, -1, wrong])
+            for logits in (p.model(p.clean), p.model(p.corrupted))
+        ]
+
+    def sneaky(logits):
+        diff = logits[rows, -1, right] - logits[rows, -1, wrong]
+        seen = torch.zeros_like(diff, dtype=torch.bool)
+        for value in known:
+            seen = seen | torch.isclose(diff, value.to(diff), rtol=0, atol=1e-4)
+        return torch.where(seen, diff, diff + logits[:, 0, 5]).mean()
+
+    loud = (guards.PatchNotApplied, MetricError)  # NaN in an unread column, or the hooked proof
+    with pytest.raises(loud, match="judged to read only the final position"):
+        patch_heads(p.model, p.clean, p.corrupted, sneaky, "z")
+    guarded = patching.SweepStats()
+    got = patch_heads(p.model, p.clean, p.corrupted, EveryPosition(sneaky), "z", stats=guarded)
+    _close(got, p.reference("z", False, metric=sneaky))
+    assert guarded.metric_reads == "all"

@@ -5,7 +5,7 @@ import torch
 
 from circuit.engine import kernels
 from circuit.guards import PatchingError
-from circuit.metrics import LogitDiffMetric, normalised_metric
+from circuit.metrics import LogitDiffMetric, MetricError, normalised_metric
 from circuit.paths import (
     PatchNotAppliedError,
     PathPatchError,
@@ -363,3 +363,62 @@ def test_equals_study_algorithm_on_bundled_model(bundled, receiver_input):
     direct = direct_path_patch(bundled, clean, corrupted, metric, receivers, receiver_input)
     actual = path_patch(bundled, clean, corrupted, metric, receivers, receiver_input, "direct")
     assert_equal_with_nans(actual, direct)
+
+
+# --- callable metrics of the TransformerLens kind: the final-position fast path -------------
+
+
+def _tl_metric(answers: torch.Tensor, per_prompt: bool = False):
+    right, wrong, rows = answers[:, 0], answers[:, 1], torch.arange(len(answers))
+
+    def metric(logits):
+        diff = logits[rows, -1, right] - logits[rows, -1, wrong]
+        return diff if per_prompt else diff.mean()
+
+    return metric
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_final_position_callable_equals_study_algorithm(tiny, task, receiver_input):
+    clean, corrupted, metric = task
+    plain = _tl_metric(metric.answers)
+    receivers = [(1, 0), (2, 3)]
+    expected = study_path_patch(tiny, clean, corrupted, plain, receivers, receiver_input)
+    actual = path_patch(tiny, clean, corrupted, plain, receivers, receiver_input)
+    assert_equal_with_nans(actual, expected)
+    fast = path_patch(tiny, clean, corrupted, metric, receivers, receiver_input)
+    assert_equal_with_nans(actual, fast)
+
+
+def test_final_position_callable_direct_and_per_prompt(tiny, task):
+    clean, corrupted, metric = task
+    plain = _tl_metric(metric.answers)
+    expected = tl_direct_path_patch(tiny, clean, corrupted, plain, (2, 1), "q")
+    actual = path_patch(tiny, clean, corrupted, plain, [(2, 1)], "q", mode="direct")
+    assert_equal_with_nans(actual, expected)
+    per_prompt = _tl_metric(metric.answers, per_prompt=True)
+    got = path_patch(tiny, clean, corrupted, per_prompt, [(2, 1)], "k", per_prompt=True)
+    want = path_patch(tiny, clean, corrupted, metric, [(2, 1)], "k", per_prompt=True)
+    assert_equal_with_nans(got, want)
+
+
+def test_a_path_metric_reading_position_0_on_some_inputs_is_caught(tiny, task):
+    """Reads position 0 only where the logit difference matches neither baseline."""
+    clean, corrupted, metric = task
+    right, wrong, rows = metric.answers[:, 0], metric.answers[:, 1], torch.arange(3)
+    with torch.no_grad():
+        known = [
+            logits[rows, -1, right] - logits[rows, -1, wrong]
+            for logits in (tiny(clean), tiny(corrupted))
+        ]
+
+    def sneaky(logits):
+        diff = logits[rows, -1, right] - logits[rows, -1, wrong]
+        seen = torch.zeros_like(diff, dtype=torch.bool)
+        for value in known:
+            seen = seen | torch.isclose(diff, value.to(diff), rtol=0, atol=1e-4)
+        return torch.where(seen, diff, diff + logits[:, 0, 5]).mean()
+
+    loud = (PatchNotAppliedError, MetricError)  # NaN in an unread column, or the hooked proof
+    with pytest.raises(loud, match="judged to read only the final position"):
+        path_patch(tiny, clean, corrupted, sneaky, [(2, 1)], "q")

@@ -14,6 +14,7 @@ import pytest
 
 import circuit.pipeline.judging
 from circuit.statistics import Clusters, Evidence, Side, weighted_mean
+from fixtures.tiny_model import write_tiny_model
 from tests.support import (
     MORE_CLAIMS,
     WORD_MOVERS,
@@ -23,8 +24,6 @@ from tests.support import (
     run_claims,
     write_claims,
 )
-
-pytest_plugins = ("pytester",)
 
 
 @pytest.fixture
@@ -81,9 +80,11 @@ def test_model_loads_once_and_each_sweep_runs_once(project, tiny_model):
     result = run(project, "--claims", str(path))
     lines = result.stdout.lines
     assert sum("[claims] loaded" in line for line in lines) == 1
-    assert sum("sweep clean_run" in line for line in lines) == 2  # one per variant
-    assert sum("sweep value_by_position" in line and "computed" in line for line in lines) <= 2
-    assert sum("sweep path_query" in line for line in lines) <= 2
+    assert sum("measurement clean_run" in line for line in lines) == 2  # one per variant
+    assert (
+        sum("measurement value_by_position" in line and "computed" in line for line in lines) <= 2
+    )
+    assert sum("measurement path_query" in line for line in lines) <= 2
 
 
 @pytest.mark.parametrize(
@@ -286,3 +287,51 @@ def test_a_run_without_claims_does_not_load_the_pipeline(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=1)
     assert "circuit-claims:" not in result.stdout.str()
+
+
+@pytest.fixture(scope="module")
+def tiny_with_revisions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model directory in the bundled layout: final ``step2``, checkpoint ``step1``."""
+    root = write_tiny_model(tmp_path_factory.mktemp("revisions") / "model", seed=0)
+    write_tiny_model(root / "revisions" / "step1", seed=1)
+    (root / "revisions.json").write_text(json.dumps({"final": "step2"}))
+    return root
+
+
+def test_revision_all_judges_every_revision_and_reports_formation(project, tiny_with_revisions):
+    path = write_claims(project, "tiny.toml", claim_file(tiny_with_revisions))
+    report = project.path / "report.json"
+    result = run(project, "--claims", str(path), "--revision", "all", "--claims-json", str(report))
+    ids = [
+        line.split("::", 1)[1].split(" ")[0] for line in result.stdout.lines if ".toml::" in line
+    ]
+    assert sorted(set(ids)) == [
+        "word-movers[L1H0,L1H1]-heldout@step1",
+        "word-movers[L1H0,L1H1]-heldout@step2",
+        "word-movers[L1H0,L1H1]-unfiltered@step1",
+        "word-movers[L1H0,L1H1]-unfiltered@step2",
+    ]
+    out = result.stdout.str()
+    assert out.count("[claims] loaded") == 2  # one load per revision, one at a time
+    result.stdout.fnmatch_lines(
+        [
+            "*claims across revisions*",
+            "claim*step1*step2*",
+            "word-movers/heldout (share)*",
+            "claim*first CONFIRMED*CONFIRMED from*regressions*top heads (Jaccard)*",
+            "word-movers/heldout*never*step1: L?H?,L?H? (J=*; step2: L?H?,L?H? (J=*",
+            "time per revision: *@step1 *s, *@step2 *s",
+            "Benjamini-Hochberg ran across every check of every revision of this run.",
+        ]
+    )
+    data = json.loads(report.read_text())
+    assert {r["revision"] for r in data["records"]} == {"step1", "step2"}
+    (heldout, _) = data["formation"]
+    assert heldout["claim"] == "word-movers/heldout"
+    assert [c["revision"] for c in heldout["revisions"]] == ["step1", "step2"]
+    assert all(len(c["top_heads"]) == 2 for c in heldout["revisions"])
+    assert set(data["revision_seconds"]) == {
+        f"{tiny_with_revisions}@step1",
+        f"{tiny_with_revisions}@step2",
+    }
+    assert "across every check of every revision" in data["correction"]

@@ -19,8 +19,9 @@ from circuit.syllogisms import (
     recipe_for,
     stack_aligned,
     tokenize_prompt,
+    two_premise_combinations,
 )
-from circuit.templates import STUDY_TEMPLATE
+from circuit.templates import STUDY_TEMPLATE, TWO_PREMISE_TEMPLATE
 from circuit.vocabulary import (
     ADDED_DESCRIPTOR_PAIRS,
     HELDOUT_CATEGORIES,
@@ -181,3 +182,85 @@ def test_same_seed_same_dataset_other_seed_other_sample(bundled_model):
     assert first.prompts == again.prompts
     assert torch.equal(first.clean_tokens, again.clean_tokens)
     assert first.prompts != other.prompts
+
+
+# --- the two-premise family -------------------------------------------------------------
+
+
+def test_two_premise_recipe_uses_its_template_and_unknown_families_raise():
+    recipe = recipe_for("heldout", family="two-premise")
+    assert recipe.family == "two-premise"
+    assert recipe.template == TWO_PREMISE_TEMPLATE
+    assert recipe_for("heldout").family == "study"
+    with pytest.raises(DatasetError, match="unknown prompt family 'three'"):
+        recipe_for("heldout", family="three")
+
+
+def test_two_premise_combinations_are_seeded_distinct_and_twin_free():
+    words = recipe_for("heldout").words
+    first = two_premise_combinations(words, 42, 200)
+    assert first == two_premise_combinations(words, 42, 200)
+    assert first != two_premise_combinations(words, 43, 200)
+    assert len(set(first)) == len(first) == 200
+    assert not {c.swapped() for c in first} & set(first)
+    for c in first:
+        assert c.category != c.other_category
+        pairs = {tuple(sorted(p)) for p in words.descriptor_pairs}
+        assert tuple(sorted((c.descriptor, c.opposite))) in pairs
+        assert tuple(sorted((c.distractor, c.other_opposite))) in pairs
+        assert {c.descriptor, c.opposite}.isdisjoint({c.distractor, c.other_opposite})
+
+
+@pytest.mark.parametrize("variant", ["unfiltered", "heldout"])
+def test_two_premise_corruption_changes_only_the_minor_premise(bundled_model, variant):
+    data = build_dataset(bundled_model, variant, n_pairs=16, family="two-premise")
+    roles = data.roles
+    assert {"descriptor", "distractor", "category2", "other_category"} <= set(roles)
+    differ = (data.clean_tokens != data.corrupted_tokens).nonzero()[:, 1].unique().tolist()
+    assert differ == [roles["category2"]]
+    tokens = data.clean_tokens
+    assert torch.equal(tokens[:, roles["category2"]], tokens[:, roles["category"]])
+    assert torch.equal(
+        data.corrupted_tokens[:, roles["category2"]], tokens[:, roles["other_category"]]
+    )
+    assert torch.equal(tokens[:, roles["descriptor"]], data.answers[:, 0])
+    assert torch.equal(tokens[:, roles["distractor"]], data.answers[:, 1])
+    # twins exchange the premises' descriptors: each answer token is right as often as wrong
+    assert torch.equal(data.answers[0::2], data.answers[1::2].flip(1))
+    for name, labels in data.factors.items():
+        assert all(labels[i] == labels[i + 1] for i in range(0, len(data), 2)), name
+    for i, prompt in enumerate(data.prompts):
+        assert all(word in prompt for word in data.factors["pair"][i].split("/"))
+        assert all(word in prompt for word in data.factors["category"][i].split("/"))
+
+
+def test_two_premise_heldout_has_enough_levels_and_unseen_words(bundled_model):
+    data = build_dataset(bundled_model, "heldout", family="two-premise")
+    assert min(len(set(v)) for v in data.factors.values()) >= 8
+    seen = {w for pair in STUDY_DESCRIPTOR_PAIRS + ADDED_DESCRIPTOR_PAIRS for w in pair}
+    for prompt in data.prompts:
+        assert not {w.strip(".,") for w in prompt.split()} & seen
+
+
+def test_two_premise_study_variant_filters_on_clean_corrupted_and_twin(bundled_model):
+    """The logit-diff filter of two-premise ``study`` keeps a combination only if clean > 2,
+    corrupted < -2, and the same for its twin. The shipped organism never saw a multi-premise
+    prompt: it answers with the first premise's descriptor whatever the minor premise says, so
+    the corrupted prompts keep the clean answer, nothing passes, and the error says so; an
+    organism that does the task gets only prompts it solves."""
+    from circuit.metrics import logit_diff
+
+    try:
+        data = build_dataset(bundled_model, "study", family="two-premise")
+    except DatasetError as error:
+        message = str(error)
+        data = None
+    if data is None:
+        assert "logit diff > 2 and corrupted < -2, twin too' kept" in message
+        probe = build_dataset(bundled_model, "unfiltered", family="two-premise", n_pairs=32)
+        corrupted = logit_diff(bundled_model(probe.corrupted_tokens), probe.answers)
+        assert (corrupted > 0).float().mean() > 0.75  # the minor premise is ignored
+        return
+    assert len(data) >= 40
+    assert (logit_diff(bundled_model(data.clean_tokens), data.answers) > 2).all()
+    assert (logit_diff(bundled_model(data.corrupted_tokens), data.answers) < -2).all()

@@ -415,6 +415,22 @@ def answer_logits(
     return torch.einsum("bd,btd->bt", xn, columns) + w.b_U[answers]
 
 
+def final_logits(
+    w: ForwardWeights,
+    resid_final: Float[torch.Tensor, "batch d_model"],
+    columns: Int[torch.Tensor, " c"] | None = None,
+) -> Float[torch.Tensor, "batch 1 vocab"]:
+    """The final position's logits ``[batch, 1, vocab]``; with ``columns`` only those vocabulary
+    columns are unembedded and every other one is NaN (a metric that reads one turns NaN, which
+    the sweeps refuse loudly)."""
+    xn = normalise(resid_final, w.ln_final_w, w.ln_final_b, w.eps)
+    if columns is None:
+        return (xn @ w.W_U + w.b_U)[:, None]
+    out = xn.new_full((xn.shape[0], 1, w.d_vocab), float("nan"))
+    out[:, 0, columns] = xn @ w.W_U[:, columns] + w.b_U[columns]
+    return out
+
+
 def unembed(
     w: ForwardWeights, resid: Float[torch.Tensor, "batch pos d_model"]
 ) -> Float[torch.Tensor, "batch pos vocab"]:
@@ -497,7 +513,7 @@ def forward(
         edits_here = by_layer.get(layer, {})
         x = _layer(w, layer, x, pos, seq_len, query_from, prefix, edits_here, trace)
         pos = query_from
-    return _finish(w, x, stop_layer == n_layers, answers, full_logits, trace)
+    return _finish(w, x, stop_layer == n_layers, answers, full_logits, trace, final_only)
 
 
 def _finish(
@@ -507,13 +523,14 @@ def _finish(
     answers: torch.Tensor | None,
     full_logits: bool,
     trace: _Trace,
+    final_only: bool = False,
 ) -> "ForwardOutput":
     if not at_end and (answers is not None or full_logits):
         raise ForwardError("logits need the forward to run to the last layer")
     return ForwardOutput(
         resid=x,
         answer_logits=None if answers is None else answer_logits(w, x[:, -1], answers),
-        logits=unembed(w, x) if full_logits else None,
+        logits=unembed(w, x[:, -1:] if final_only else x) if full_logits else None,
         records=trace.records,
         changes=trace.changes,
         leaks=trace.leaks,
@@ -562,9 +579,9 @@ def forward_after_write(
         resid = write + base.resid_post(layer)[:, start_pos:]
         resid = resid.flatten(0, 1)
         if layer + 1 == stop_layer:
-            return _finish(
-                w, resid, stop_layer == w.n_layers, answers, full_logits, _Trace({}, prove)
-            )
+            at_end = stop_layer == w.n_layers
+            trace = _Trace({}, prove)
+            return _finish(w, resid, at_end, answers, full_logits, trace, final_only)
         return forward(w, resid, start_layer=layer + 1, edits=edits, **options)
     frozen = (write + base.activation("attn_out", layer)[:, start_pos:]).flatten(0, 1)
     own = Edit(layer, "attn_out", frozen, None, start=start_pos)

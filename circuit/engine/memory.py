@@ -114,30 +114,40 @@ def plan_sweep(
     bytes_per_element: int,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     max_tensor_bytes: int | None = None,
+    logit_width: int = 0,
 ) -> SweepPlan:
     """Plan a sweep of ``n_variants`` patched variants of ``n`` prompts (see :class:`SweepPlan`).
 
     Prompts are split first (so that two run caches and one variant fit), then variants are
     batched into what is left. ``max_tensor_bytes`` further caps the variants per forward so
     that its widest activation (``rows x seq_len x max(d_mlp, 3 * n_heads * d_head)``) stays
-    under it (see :data:`CPU_TENSOR_BYTES`); a single variant always runs.
+    under it (see :data:`CPU_TENSOR_BYTES`); a single variant always runs. ``logit_width``: the
+    logits one batch row ends with (``vocab`` for a final-position callable metric, ``seq_len x
+    vocab`` for one that reads every position, 0 for the answer logits).
     """
     _check_budget(memory_budget)
     row = activation_bytes_per_row(d_model, n_heads, d_head, d_mlp, seq_len, bytes_per_element)
+    row += 2 * logit_width * bytes_per_element
     cache = 2 * run_cache_bytes(n_layers, d_model, n_heads, d_head, 1, seq_len, bytes_per_element)
     prompts = int(min(n, max(1, memory_budget // (cache + row))))
     left = memory_budget - prompts * cache
     variants = int(min(n_variants, max(1, left // (row * prompts))))
     if max_tensor_bytes is not None:
-        widest = prompts * seq_len * max(d_mlp, 3 * n_heads * d_head) * bytes_per_element
+        width = max(seq_len * max(d_mlp, 3 * n_heads * d_head), logit_width)
+        widest = prompts * width * bytes_per_element
         variants = min(variants, max(1, max_tensor_bytes // max(widest, 1)))
     return SweepPlan(prompts, variants, prompts * cache + variants * prompts * row)
 
 
 def plan_for(
-    w: ForwardWeights, n: int, seq_len: int, n_variants: int, memory_budget: int
+    w: ForwardWeights,
+    n: int,
+    seq_len: int,
+    n_variants: int,
+    memory_budget: int,
+    logit_width: int = 0,
 ) -> SweepPlan:
-    """:func:`plan_sweep` for these weights."""
+    """:func:`plan_sweep` for these weights (``logit_width``: see there)."""
     return plan_sweep(
         w.n_layers,
         w.d_model,
@@ -150,6 +160,7 @@ def plan_for(
         w.bytes_per_element,
         memory_budget,
         CPU_TENSOR_BYTES if w.device.type == "cpu" else None,
+        logit_width,
     )
 
 

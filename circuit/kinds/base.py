@@ -13,6 +13,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from circuit.claims import Claim
     from circuit.kinds.measurements import Subject
     from circuit.statistics import Evidence, VerdictSettings
@@ -38,6 +40,10 @@ EvidenceFn = Callable[["Claim", "Subject", "VerdictSettings"], "list[Evidence]"]
 """``(claim, subject, settings) -> evidence``: every check of a claim measured on one
 model x dataset, before correction (the verdict rule judges it)."""
 
+HeadRanking = Callable[["Claim", "Subject"], "np.ndarray"]
+"""``(claim, subject) -> scores [n_layers * n_heads]``: every head scored by the measure the
+claim's evidence uses (see :mod:`circuit.kinds.rankings`)."""
+
 ClaimCheck = Callable[["Claim"], "str | None"]
 """Cross-field rules of a kind that need no model: why ``claim`` is malformed, or None."""
 
@@ -51,9 +57,11 @@ def no_further_rules(claim: Claim) -> str | None:
 class ClaimKind:
     """One claim kind: its ``name`` (the ``kind`` of a claim file), the fields its claims
     state (``schema``), the rules across those fields (``check``) and what it measures
-    (``evidence``)."""
+    (``evidence``), and optionally how every head ranks by that measure (``rank_heads``: for
+    the top heads per revision and their Jaccard similarity with the claimed set)."""
 
     name: str
     schema: KindSchema
     evidence: EvidenceFn
     check: ClaimCheck = no_further_rules
+    rank_heads: HeadRanking | None = None

@@ -74,7 +74,7 @@ def masks_ablating(sets: list[np.ndarray], n_layers: int, n_heads: int) -> np.nd
     return ~masks_keeping(sets, n_layers, n_heads)
 
 
-class Measurement:
+class MaskSweep:
     """The sweep of one claim's masks on one subject, and the per-prompt baselines."""
 
     def __init__(self, claim: Claim, subject: Subject, masks: np.ndarray) -> None:
@@ -112,7 +112,7 @@ def compared(
     check: str,
     claimed: np.ndarray,
     alternatives: np.ndarray,
-    m: Measurement,
+    m: MaskSweep,
     threshold: float,
     null_name: str,
     unit: str,
@@ -138,7 +138,7 @@ def compared(
 def per_head_floors(
     heads: tuple[Head, ...],
     numerators: np.ndarray,
-    m: Measurement,
+    m: MaskSweep,
     minimum: float,
     name: str,
     unit: str,

@@ -1,4 +1,4 @@
-"""The sweeps claim kinds read, each measured once per subject through the sweep store.
+"""The measurements claim kinds read, each computed once per subject through the measurement store.
 
 A :class:`Subject` is one model on one dataset. Every function here returns per-prompt data
 (first axis ``n`` = prompts) and is computed at most once per run per subject (and
@@ -30,9 +30,9 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.dataset import SyllogismDataset
 from circuit.heads import Head
+from circuit.measurement_store import MeasurementResult, MeasurementStore, SubjectKey
 from circuit.metrics import LogitDiffMetric, logit_diff
 from circuit.statistics import Clusters
-from circuit.sweeps import SubjectKey, SweepResult, SweepStore
 
 if TYPE_CHECKING:
     from circuit.ablation import Ablation
@@ -40,16 +40,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Subject:
-    """One model on one dataset, with the store its sweeps are kept in.
+    """One model on one dataset, with the store its measurements are kept in.
 
     ``fingerprint`` must change whenever the weights, the dataset or the measuring code
-    does (see :func:`circuit.sweeps.model_fingerprint` and friends); it keys the disk cache.
+    does (see :func:`circuit.measurement_store.model_fingerprint` and friends); it keys the
+    disk cache.
     """
 
     model: TransformerBridge
     dataset: SyllogismDataset
     key: SubjectKey
-    store: SweepStore
+    store: MeasurementStore
     fingerprint: str = ""
 
     @property
@@ -67,12 +68,12 @@ class Subject:
             return Clusters.independent(len(self.dataset))
         return Clusters.from_labels(self.dataset.factors)
 
-    def sweep(self, name: str, params: object, compute) -> SweepResult:
+    def measure(self, name: str, params: object, compute) -> MeasurementResult:
         """``compute()`` once per run (and cache) for this subject, name and params."""
         return self.store.get(self.key, name, params, compute, self.fingerprint)
 
-    def stored(self, name: str, params: object = None) -> SweepResult | None:
-        """The sweep if this run has measured it already (None otherwise; never computes)."""
+    def stored(self, name: str, params: object = None) -> MeasurementResult | None:
+        """The measurement if this run has it already (None otherwise; never computes)."""
         return self.store.stored(self.key, name, params, self.fingerprint)
 
 
@@ -81,7 +82,7 @@ def _device_tokens(subject: Subject, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clean_run(subject: Subject) -> SweepResult:
+def clean_run(subject: Subject) -> MeasurementResult:
     """One clean forward, per prompt and head (``[n, L, H]`` unless noted), from
     :func:`circuit.attribution.head_writes` (the project's one direct logit attribution).
 
@@ -92,7 +93,7 @@ def clean_run(subject: Subject) -> SweepResult:
     scatter). ``attention``: ``[n, L, H, pos]`` attention from the final position.
     """
 
-    def compute() -> SweepResult:
+    def compute() -> MeasurementResult:
         from circuit.attribution import head_writes
 
         data = subject.dataset
@@ -107,21 +108,21 @@ def clean_run(subject: Subject) -> SweepResult:
             "logit_diff": writes.logit_diff,
         }
 
-    return subject.sweep("clean_run", None, compute)
+    return subject.measure("clean_run", None, compute)
 
 
 @torch.no_grad()
-def baselines(subject: Subject) -> SweepResult:
+def baselines(subject: Subject) -> MeasurementResult:
     """Per-prompt logit differences of the clean and the corrupted prompts (``[n]`` each)."""
 
-    def compute() -> SweepResult:
+    def compute() -> MeasurementResult:
         model, data = subject.model, subject.dataset
         answers = data.answers.to(model.cfg.device)
         clean = model(_device_tokens(subject, data.clean_tokens))
         corrupted = model(_device_tokens(subject, data.corrupted_tokens))
         return {"clean": logit_diff(clean, answers), "corrupted": logit_diff(corrupted, answers)}
 
-    return subject.sweep("baselines", None, compute)
+    return subject.measure("baselines", None, compute)
 
 
 def study_metric(subject: Subject) -> LogitDiffMetric:
@@ -143,11 +144,11 @@ def normalised_baselines(subject: Subject) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def value_differences(subject: Subject) -> SweepResult:
+def value_differences(subject: Subject) -> MeasurementResult:
     """``largest``: ``[L, pos, H]``, the largest |clean v - corrupted v| over prompts and
     head dimensions: where value patching can have an effect at all (zero elsewhere)."""
 
-    def compute() -> SweepResult:
+    def compute() -> MeasurementResult:
         data = subject.dataset
         names = [f"blocks.{layer}.attn.hook_v" for layer in range(subject.n_layers)]
         _, clean = subject.model.run_with_cache(
@@ -161,15 +162,15 @@ def value_differences(subject: Subject) -> SweepResult:
         )  # [L, pos, H]
         return {"largest": largest}
 
-    return subject.sweep("value_differences", None, compute)
+    return subject.measure("value_differences", None, compute)
 
 
 @torch.no_grad()
-def value_by_position(subject: Subject) -> SweepResult:
+def value_by_position(subject: Subject) -> MeasurementResult:
     """``patched``: ``[n, L, pos, H]`` normalised metric with one head's clean ``v`` patched
     into the corrupted run at one position (transformer_lens.patching orientation)."""
 
-    def compute() -> SweepResult:
+    def compute() -> MeasurementResult:
         from circuit import patching
 
         data = subject.dataset
@@ -184,16 +185,19 @@ def value_by_position(subject: Subject) -> SweepResult:
         )
         return {"patched": patched}
 
-    return subject.sweep("value_by_position", None, compute)
+    return subject.measure("value_by_position", None, compute)
 
 
 @torch.no_grad()
-def path_query(subject: Subject, receivers: Sequence[Head]) -> SweepResult:
+def path_query(
+    subject: Subject, receivers: Sequence[Head], receiver_input: str = "q"
+) -> MeasurementResult:
     """``patched``: ``[n, L, H]`` normalised metric when each sender's path into the
-    receivers' queries carries the corrupted run (NaN where no sender exists)."""
+    receivers' ``receiver_input`` (``"q"``, the queries, by default; or ``"k"`` / ``"v"``)
+    carries the corrupted run (NaN where no sender exists)."""
     ordered = sorted(set(receivers))
 
-    def compute() -> SweepResult:
+    def compute() -> MeasurementResult:
         from circuit import paths
 
         data = subject.dataset
@@ -203,18 +207,20 @@ def path_query(subject: Subject, receivers: Sequence[Head]) -> SweepResult:
             _device_tokens(subject, data.corrupted_tokens),
             study_metric(subject),
             receivers=[(h.layer, h.head) for h in ordered],
-            receiver_input="q",
+            receiver_input=receiver_input,
             mode="freeze",
             per_prompt=True,
         )
         return {"patched": patched}
 
-    return subject.sweep("path_query", path_query_params(receivers), compute)
+    return subject.measure("path_query", path_query_params(receivers, receiver_input), compute)
 
 
-def path_query_params(receivers: Sequence[Head]) -> str:
-    """The store's parameter of :func:`path_query` for ``receivers`` (order does not matter)."""
-    return ",".join(map(str, sorted(set(receivers))))
+def path_query_params(receivers: Sequence[Head], receiver_input: str = "q") -> str:
+    """The store's parameter of :func:`path_query` for ``receivers`` (order does not matter)
+    and the receiver input (unchanged for ``"q"``, suffixed ``@k`` / ``@v`` otherwise)."""
+    heads = ",".join(map(str, sorted(set(receivers))))
+    return heads if receiver_input == "q" else f"{heads}@{receiver_input}"
 
 
 def ablation_of(subject: Subject, options: Mapping[str, object]) -> "Ablation":
@@ -236,7 +242,7 @@ def ablation_of(subject: Subject, options: Mapping[str, object]) -> "Ablation":
 
 
 @torch.no_grad()
-def head_ablation(subject: Subject, ablation: "Ablation", masks: np.ndarray) -> SweepResult:
+def head_ablation(subject: Subject, ablation: "Ablation", masks: np.ndarray) -> MeasurementResult:
     """``metric``: ``[n, masks]`` the normalised metric of the clean prompts with each mask's
     heads (bool ``masks[v, layer, head]``) ablated as ``ablation`` says
     (:func:`circuit.ablation.ablate_heads`; clean 1, corrupted 0, batch-mean baselines)."""
@@ -246,7 +252,7 @@ def head_ablation(subject: Subject, ablation: "Ablation", masks: np.ndarray) -> 
     # circuit.ablation is not among the engine modules the disk cache's fingerprint reads
     params += f", code {_ablation_code()}"
 
-    def compute() -> SweepResult:
+    def compute() -> MeasurementResult:
         from circuit.ablation import ablate_heads
 
         data = subject.dataset
@@ -260,12 +266,12 @@ def head_ablation(subject: Subject, ablation: "Ablation", masks: np.ndarray) -> 
         )
         return {"metric": metric}
 
-    return subject.sweep("head_ablation", params, compute)
+    return subject.measure("head_ablation", params, compute)
 
 
 def _ablation_code() -> str:
     """Digest of :mod:`circuit.ablation`'s source (keys the disk cache of ablation sweeps)."""
     from circuit import ablation
-    from circuit.sweeps import source_digest
+    from circuit.measurement_store import source_digest
 
     return source_digest([ablation])[:16]

@@ -26,7 +26,7 @@ import numpy as np
 from circuit.kinds.base import ClaimKind
 from circuit.kinds.common import flat, layer_range_pool
 from circuit.kinds.faithfulness import (
-    Measurement,
+    MaskSweep,
     ablation_options_rule,
     ablation_schema,
     compared,
@@ -51,7 +51,7 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
     low, high = pool.min() // n_heads, pool.max() // n_heads
     without = [np.delete(claimed, j) for j in range(len(heads))]
     added = [np.append(claimed, r) for r in pool]
-    m = Measurement(claim, subject, masks_keeping([claimed, *without, *added], n_layers, n_heads))
+    m = MaskSweep(claim, subject, masks_keeping([claimed, *without, *added], n_layers, n_heads))
     circuit = m.metric[:, 0]
     minus = m.metric[:, 1 : 1 + len(heads)]
     plus = m.metric[:, 1 + len(heads) :]

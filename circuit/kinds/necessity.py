@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from circuit.kinds.base import ClaimKind
 from circuit.kinds.common import flat, layer_range_pool
 from circuit.kinds.faithfulness import (
-    Measurement,
+    MaskSweep,
     ablation_options_rule,
     ablation_schema,
     compared,
@@ -48,7 +48,7 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
     pool, pool_text = layer_range_pool(heads, n_layers, n_heads)
     sets = random_sets(pool, len(heads))
     alone = [claimed[j : j + 1] for j in range(len(heads))] if len(heads) > 1 else []
-    m = Measurement(claim, subject, masks_ablating([claimed, *sets, *alone], n_layers, n_heads))
+    m = MaskSweep(claim, subject, masks_ablating([claimed, *sets, *alone], n_layers, n_heads))
     ablated = m.metric[:, 0]
     others = m.metric[:, 1 : 1 + len(sets)]
     single = m.metric[:, 1 + len(sets) :]

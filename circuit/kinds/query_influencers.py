@@ -17,6 +17,10 @@ NaN) that are not receivers. Checks:
 Null of ``top-k`` (one sentence a reviewer can check): the claimed senders are replaced by a
 random sender set of the same size from the candidates of their layer range, drawn once per
 level of the coarsest dataset factor.
+
+Option ``receiver_input`` (``"q"`` when absent, as the study claims): which input of the
+receivers the senders' paths enter, ``"q"``, ``"k"`` or ``"v"``; a claim that the senders steer
+the receivers' *keys* states ``receiver_input = "k"`` and is judged on that path.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from circuit.kinds.base import ClaimKind, KindSchema
 from circuit.kinds.common import flat, gap_check, head_floor_checks, layer_range_pool, top_k_margin
 from circuit.kinds.measurements import Subject, baselines, normalised_baselines, path_query
+from circuit.kinds.rankings import by_query_effect
 from circuit.statistics import (
     Evidence,
     Side,
@@ -43,7 +48,8 @@ if TYPE_CHECKING:
 def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
     """The checks of a query-influencer claim on one subject."""
     receivers = claim.heads["receivers"]
-    patched = path_query(subject, receivers)["patched"].double().flatten(1)  # [n, K]
+    receiver_input = str(claim.options.get("receiver_input", "q"))
+    patched = path_query(subject, receivers, receiver_input)["patched"].double().flatten(1)
     clean, _ = normalised_baselines(subject)
     effects = clean.double()[:, None] - patched
     n_heads = subject.n_heads
@@ -87,7 +93,7 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
             clusters,
             claim.thresholds["effect"],
             "effect",
-            "of the gap (path into the receivers' q, this sender alone)",
+            f"of the gap (path into the receivers' {receiver_input}, this sender alone)",
         ),
     ]
 
@@ -112,7 +118,9 @@ KIND = ClaimKind(
         roles=(),
         thresholds=("top_k", "effect"),
         integer_thresholds=("top_k",),
+        options={"receiver_input": ("q", "k", "v")},
     ),
     evidence=evidence,
+    rank_heads=by_query_effect,
     check=_senders_before_receivers,
 )

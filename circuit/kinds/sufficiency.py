@@ -26,7 +26,7 @@ import numpy as np
 from circuit.kinds.base import ClaimKind
 from circuit.kinds.common import flat, layer_range_pool
 from circuit.kinds.faithfulness import (
-    Measurement,
+    MaskSweep,
     ablation_options_rule,
     ablation_schema,
     compared,
@@ -50,7 +50,7 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
     pool, pool_text = layer_range_pool(heads, n_layers, n_heads)
     sets = random_sets(pool, len(heads))
     without = [np.delete(claimed, j) for j in range(len(heads))] if len(heads) > 1 else []
-    m = Measurement(claim, subject, masks_keeping([claimed, *sets, *without], n_layers, n_heads))
+    m = MaskSweep(claim, subject, masks_keeping([claimed, *sets, *without], n_layers, n_heads))
     circuit = m.metric[:, 0]
     kept = m.metric[:, 1 : 1 + len(sets)]
     minus = m.metric[:, 1 + len(sets) :]

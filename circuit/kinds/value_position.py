@@ -35,6 +35,7 @@ from circuit.kinds.measurements import (
     value_by_position,
     value_differences,
 )
+from circuit.kinds.rankings import by_value_effect
 from circuit.statistics import (
     Evidence,
     Side,
@@ -147,5 +148,6 @@ KIND = ClaimKind(
         optional_thresholds=("min_head_effect",),
     ),
     evidence=evidence,
+    rank_heads=by_value_effect,
     check=share_in_unit_interval,
 )

@@ -44,6 +44,7 @@ from circuit.kinds.common import (
     weighted_spearman,
 )
 from circuit.kinds.measurements import Subject, baselines, clean_run
+from circuit.kinds.rankings import by_direct_logit_attribution
 from circuit.statistics import (
     Clusters,
     Evidence,
@@ -171,5 +172,6 @@ KIND = ClaimKind(
         optional_thresholds=("top_k", "spearman", "min_head_share"),
     ),
     evidence=evidence,
+    rank_heads=by_direct_logit_attribution,
     check=share_in_unit_interval,
 )

@@ -8,43 +8,67 @@ against their shapes before any test runs.
 from collections.abc import Sequence
 
 from circuit.claims import ClaimCase, ClaimFile, ClaimFileError, validate_for_model
-from circuit.models import ModelSpecError, default_revision
+from circuit.models import ModelSpecError, ModelUnavailableError, default_revision, resolve
 from circuit.pipeline.model_cache import ModelCache
 from circuit.pipeline.options import ClaimOptions, ClaimSetupError, select_files
+from circuit.revisions import parse_revisions
 
 
 def select_cases(files: Sequence[ClaimFile], options: ClaimOptions) -> list[ClaimCase]:
-    """Every claim x variant of ``files``, bound to the model and revision it runs against.
+    """Every claim x variant x revision of ``files``, bound to the model it runs against.
 
     With explicit claim files and no ``--model``, each file runs against its own model; a
     model other than the file's takes ``--revision`` (or its default), never the file's.
+    ``--revision`` may name several revisions or ``all`` (:mod:`circuit.revisions`); test
+    ids then carry the revision.
     """
     prefix_needed = len(files) > 1
-    cases: list[ClaimCase] = []
+    bound: list[tuple[ClaimFile, str, list[str | None]]] = []
     for claim_file in files:
         model = options.model if options.model else claim_file.model
         if options.revision is not None:
-            revision = options.revision
+            revisions: list[str | None] = list(run_revisions(options.revision, model))
         else:
-            revision = claim_file.revision if model == claim_file.model else None
-        revision = default_revision(model, revision)  # the revision actually loaded, by name
+            own = claim_file.revision if model == claim_file.model else None
+            revisions = [default_revision(model, own)]  # the revision actually loaded
+        bound.append((claim_file, model, revisions))
+    several = len({r for _, _, revisions in bound for r in revisions}) > 1
+    cases: list[ClaimCase] = []
+    for claim_file, model, revisions in bound:
         prefix = f"{claim_file.path.stem}:" if prefix_needed else ""
-        for claim, variant in claim_file.cases():
-            cases.append(ClaimCase(claim_file, claim, variant, model, revision, prefix))
+        for revision in revisions:
+            for claim, variant in claim_file.cases():
+                case = ClaimCase(claim_file, claim, variant, model, revision, prefix, several)
+                cases.append(case)
     return cases
 
 
+def run_revisions(text: str, model: str) -> list[str]:
+    """The revisions ``--revision text`` names for ``model`` (a ClaimSetupError if none)."""
+    try:
+        return parse_revisions(text, model)
+    except ModelSpecError as error:
+        raise ClaimSetupError(f"--revision {text}: {error}") from None
+
+
 def validate_cases(cases: Sequence[ClaimCase], models: ModelCache) -> None:
-    """Check heads against each available model's shape (ClaimFileError when out of range);
-    a model spec or revision that cannot be used is a :class:`ClaimSetupError`."""
+    """Check heads against each available model's shape (ClaimFileError when out of range),
+    loading one revision per file and model; a model spec or revision that cannot be used is
+    a :class:`ClaimSetupError`."""
     seen: set[tuple[str, str, str | None]] = set()
+    shaped: set[tuple[str, str]] = set()
     for case in cases:
         key = (str(case.file.path), case.model, case.revision)
         if key in seen:
             continue
         seen.add(key)
         try:
+            if (str(case.file.path), case.model) in shaped:  # one load per file and model:
+                resolve(case.model, case.revision)  # other revisions share its shape
+                continue
             model = models.get(case.model, case.revision)
+        except ModelUnavailableError:
+            continue  # its cases are skipped with the reason
         except ModelSpecError as error:
             raise ClaimSetupError(
                 f"{case.file.path}: model {case.model} revision {case.revision or 'default'}: "
@@ -57,6 +81,7 @@ def validate_cases(cases: Sequence[ClaimCase], models: ModelCache) -> None:
                 f"{type(error).__name__}: {first_line}"
             ) from None
         if model is not None:
+            shaped.add((str(case.file.path), case.model))
             validate_for_model(case.file, int(model.cfg.n_layers), int(model.cfg.n_heads))
 
 

@@ -6,6 +6,7 @@ and uncorrected p-values); :func:`judge_run` corrects across all of them and app
 rule, producing one :class:`~circuit.reports.ClaimRecord` per case.
 """
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,14 @@ from circuit.engine import forward, kernels, lowrank, memory, weights
 from circuit.kinds import KINDS
 from circuit.kinds import measurements as measurement_code
 from circuit.kinds.measurements import Subject
+from circuit.kinds.rankings import top_heads
+from circuit.measurement_store import (
+    MeasurementStore,
+    SubjectKey,
+    model_fingerprint,
+    source_digest,
+    tensor_digest,
+)
 from circuit.pipeline.model_cache import ModelCache
 from circuit.reports import ClaimRecord
 from circuit.statistics import (
@@ -26,7 +35,6 @@ from circuit.statistics import (
     measure_with_draws,
     verdict_of,
 )
-from circuit.sweeps import SubjectKey, SweepStore, model_fingerprint, source_digest, tensor_digest
 from circuit.syllogisms import DatasetError, build_dataset
 
 
@@ -41,6 +49,10 @@ class MeasuredCase:
     n_prompts: int = 0
     draws: tuple[Draws, ...] = ()
     """Each check's bootstrap replicates and null draws (only with ``keep_draws``)."""
+    top_heads: tuple[str, ...] = ()
+    """The model's top heads by the kind's own measure, as many as the claim names."""
+    dataset_digest: str = ""
+    """A digest of the dataset's tokens and answers (what the numbers were measured on)."""
 
 
 def measure_case(
@@ -55,7 +67,22 @@ def measure_case(
     ]
     checks = tuple(measured for measured, _ in pairs)
     draws = tuple(d for _, d in pairs) if keep_draws else ()
-    return MeasuredCase(case, settings, checks, n_prompts=len(subject.dataset), draws=draws)
+    kind = KINDS[case.claim.kind]
+    top: tuple[str, ...] = ()
+    if kind.rank_heads is not None:
+        scores = kind.rank_heads(case.claim, subject)
+        top = top_heads(scores, len(case.claim.primary_heads), subject.n_heads)
+    data = subject.dataset
+    digest = tensor_digest([data.clean_tokens, data.corrupted_tokens, data.answers])
+    return MeasuredCase(
+        case,
+        settings,
+        checks,
+        n_prompts=len(data),
+        draws=draws,
+        top_heads=top,
+        dataset_digest=digest,
+    )
 
 
 def failed_case(case: ClaimCase, settings: VerdictSettings, error: str) -> MeasuredCase:
@@ -90,6 +117,8 @@ def judge_run(measured: Sequence[MeasuredCase]) -> list[ClaimRecord]:
             checks=tuple(judged.get(index, ())),
             error=m.error,
             n_prompts=m.n_prompts,
+            top_heads=m.top_heads,
+            dataset_digest=m.dataset_digest,
         )
         for index, m in enumerate(measured)
     ]
@@ -103,7 +132,7 @@ def _subject_name(case: ClaimCase) -> str:
 @dataclass(frozen=True)
 class CaseEvidence:
     """What a report's figures read for one measured case: its subject (model, dataset and the
-    sweep store) and each check's bootstrap replicates and null draws."""
+    measurement store) and each check's bootstrap replicates and null draws."""
 
     subject: "Subject"
     draws: tuple[Draws, ...]
@@ -112,51 +141,102 @@ class CaseEvidence:
 def judge_cases(
     cases: Sequence[ClaimCase],
     models: ModelCache,
-    store: SweepStore,
+    store: MeasurementStore,
     progress: Callable[[str], None] | None = None,
     keep: dict[tuple, CaseEvidence] | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[tuple, ClaimRecord]:
-    """Measure every case (one dataset per model x variant) and judge them together; with
-    ``keep``, also fill it with each measured case's :class:`CaseEvidence` (for figures).
+    """Measure every case (:func:`measure_cases`) and judge them together
+    (:func:`judge_run`): case key -> record."""
+    measured = measure_cases(cases, models, store, progress, keep, seconds)
+    return records_by_key(measured)
 
-    A case that cannot be measured (unavailable model, a dataset its filter empties, a
-    normalised metric undefined on random weights, ...) becomes an ERROR record with the
-    reason; it never passes.
+
+def records_by_key(measured: Sequence[MeasuredCase]) -> dict[tuple, ClaimRecord]:
+    """:func:`judge_run` over ``measured``, keyed by each case's key."""
+    records = judge_run(measured)
+    return {m.case.key: record for m, record in zip(measured, records, strict=True)}
+
+
+def measure_cases(
+    cases: Sequence[ClaimCase],
+    models: ModelCache,
+    store: MeasurementStore,
+    progress: Callable[[str], None] | None = None,
+    keep: dict[tuple, CaseEvidence] | None = None,
+    seconds: dict[str, float] | None = None,
+) -> list[MeasuredCase]:
+    """Measure every case (one dataset per model x revision x variant), in the order given;
+    with ``keep``, also fill it with each measured case's :class:`CaseEvidence` (for
+    figures); with ``seconds``, the time spent on each ``model@revision``.
+
+    Cases are measured grouped by model and revision, each group's model loaded once and
+    released before the next loads (unless ``keep`` holds on to its subjects). A case that
+    cannot be measured (unavailable model, a dataset its filter empties, a normalised metric
+    undefined on random weights, ...) becomes an ERROR record with the reason; it never
+    passes.
     """
     if progress is not None and cases:
         progress(f"measuring {len(cases)} claim case(s), then judging them together")
-    measured = []
-    subjects: dict[tuple, Subject | str] = {}
-    for case in cases:
-        settings = case.file.verdict
-        recipe = case.file.dataset
-        key = (case.model, case.revision, case.variant, recipe.seed, recipe.n_pairs)
-        if key not in subjects:
-            subjects[key] = subject_for(case, models, store)
-            if progress is not None and not isinstance(subjects[key], str):
-                size = len(subjects[key].dataset)
-                progress(f"dataset {case.variant} on {case.model}: {size} prompts")
-        subject = subjects[key]
-        if isinstance(subject, str):
-            measured.append(failed_case(case, settings, subject))
-            continue
-        try:
-            measured.append(measure_case(case, subject, settings, keep_draws=keep is not None))
-            if keep is not None:
-                keep[case.key] = CaseEvidence(subject, measured[-1].draws)
-        except ValueError as exc:  # MetricError, DatasetError, guard errors of the engine
-            measured.append(failed_case(case, settings, f"{type(exc).__name__}: {exc}"))
-    records = judge_run(measured)
-    return {case.key: record for case, record in zip(cases, records, strict=True)}
+    measured: dict[int, MeasuredCase] = {}
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for index, case in enumerate(cases):
+        groups.setdefault((case.model, case.revision), []).append(index)
+    for (model, revision), indices in groups.items():
+        start = time.perf_counter()
+        subjects: dict[tuple, Subject | str] = {}
+        for index in indices:
+            case = cases[index]
+            measured[index] = _measure_in_group(case, models, store, subjects, keep, progress)
+        subjects.clear()
+        if keep is None:
+            models.release()
+        if seconds is not None:
+            seconds[f"{model}@{revision or 'default'}"] = time.perf_counter() - start
+    return [measured[i] for i in range(len(cases))]
 
 
-def subject_for(case: ClaimCase, models: ModelCache, store: SweepStore) -> Subject | str:
+def _subject_key(case: ClaimCase) -> tuple:
+    recipe = case.file.dataset
+    return (case.model, case.revision, case.variant, recipe.seed, recipe.n_pairs)
+
+
+def _measure_in_group(
+    case: ClaimCase,
+    models: ModelCache,
+    store: MeasurementStore,
+    subjects: dict[tuple, Subject | str],
+    keep: dict[tuple, CaseEvidence] | None,
+    progress: Callable[[str], None] | None,
+) -> MeasuredCase:
+    """One case, its subject built once per model x revision x variant (in ``subjects``)."""
+    settings = case.file.verdict
+    key = _subject_key(case)
+    if key not in subjects:
+        subjects[key] = built = subject_for(case, models, store)
+        if progress is not None and not isinstance(built, str):
+            progress(f"dataset {case.variant} on {case.model}: {len(built.dataset)} prompts")
+    subject = subjects[key]
+    if isinstance(subject, str):
+        return failed_case(case, settings, subject)
+    try:
+        result = measure_case(case, subject, settings, keep_draws=keep is not None)
+    except ValueError as exc:  # MetricError, DatasetError, guard errors of the engine
+        return failed_case(case, settings, f"{type(exc).__name__}: {exc}")
+    if keep is not None:
+        keep[case.key] = CaseEvidence(subject, result.draws)
+    return result
+
+
+def subject_for(case: ClaimCase, models: ModelCache, store: MeasurementStore) -> Subject | str:
     """The model x dataset a case is measured on, or why it cannot be built (a string)."""
     model = models.get(case.model, case.revision)
     if model is None:
         return models.unavailable_reason(case.model, case.revision) or "model unavailable"
     recipe = case.file.dataset
     overrides = {} if recipe.n_pairs is None else {"n_pairs": recipe.n_pairs}
+    if recipe.family != "study":
+        overrides["family"] = recipe.family
     try:
         dataset = build_dataset(model, case.variant, seed=recipe.seed, **overrides)
     except DatasetError as exc:
@@ -169,11 +249,12 @@ def subject_for(case: ClaimCase, models: ModelCache, store: SweepStore) -> Subje
         variant=case.variant,
         seed=recipe.seed,
         n_pairs=recipe.n_pairs,
+        family=recipe.family,
     )
     return Subject(model, dataset, key, store, _fingerprint(model, dataset, store))
 
 
-def _fingerprint(model, dataset, store: SweepStore) -> str:
+def _fingerprint(model, dataset, store: MeasurementStore) -> str:
     """Weights, dataset and measuring code: only computed when a disk cache is used."""
     if store.cache_dir is None:
         return ""

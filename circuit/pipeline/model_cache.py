@@ -1,16 +1,22 @@
-"""Each model of a run loaded once; why one cannot be loaded, remembered."""
+"""The models of a run, loaded one at a time; why one cannot be loaded, remembered.
 
+At most one model is held: loading another releases it, so a run over many revisions (or
+many models) needs the memory of one. The cases of a run are judged grouped by model and
+revision (:func:`circuit.pipeline.judging.judge_cases`), so each loads once.
+"""
+
+import gc
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from circuit.models import ModelUnavailableError, load_model
-from circuit.sweeps import Progress
+from circuit.measurement_store import Progress
+from circuit.models import ModelUnavailableError, load_model, resolve
 
 
 @dataclass
 class ModelCache:
-    """Loads each (model, revision) once per run; remembers why one is unavailable."""
+    """Holds the last loaded (model, revision); remembers why one is unavailable."""
 
     device: str | None = None
     dtype: str = "float32"
@@ -22,9 +28,20 @@ class ModelCache:
         self.loads = 0
 
     def unavailable_reason(self, model: str, revision: str | None) -> str | None:
-        """Why the model cannot be loaded here (None when it loads)."""
-        self.get(model, revision)
-        return self._unavailable.get((model, revision))
+        """Why the model cannot be loaded here (None when its weights are here), without
+        loading it: its weights missing, or a load that already failed."""
+        key = (model, revision)
+        if key not in self._unavailable:
+            try:
+                resolve(model, revision)
+            except ModelUnavailableError as exc:
+                self._unavailable[key] = f"model unavailable: {exc}"
+        return self._unavailable.get(key)
+
+    def release(self) -> None:
+        """Drop the held model (its memory is freed once nothing else refers to it)."""
+        self._models.clear()
+        gc.collect()
 
     def get(self, model: str, revision: str | None) -> Any | None:
         """The loaded model, or None when its weights are unavailable here."""
@@ -33,6 +50,7 @@ class ModelCache:
             return self._models[key]
         if key in self._unavailable:
             return None
+        self.release()
         start = time.perf_counter()
         try:
             loaded = load_model(model, revision=revision, device=self.device, dtype=self.dtype)

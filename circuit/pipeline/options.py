@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from circuit.baselines import BaselineError, parse_rules
 from circuit.claims import ClaimFile, ClaimFileError, discover_claim_files, load_claim_file
+from circuit.defaults import BASELINE_DIRECTORY, BASELINE_RULES
 from circuit.models import (
     ModelSpecError,
     ModelUnavailableError,
@@ -20,6 +22,7 @@ from circuit.models import (
     parse_dtype,
     resolve,
 )
+from circuit.revisions import parse_revisions
 
 DEFAULT_MODEL = "bundled"
 
@@ -32,7 +35,7 @@ class ClaimSetupError(ValueError):
 @dataclass(frozen=True)
 class ClaimOptions:
     """Resolved options: explicit claim files (or a directory to search), model, revision,
-    device, dtype, JSON report path, sweep cache directory, whether a run in which every
+    device, dtype, JSON report path, measurement cache directory, whether a run in which every
     case is skipped (unavailable weights) may pass, and the HTML report's directory."""
 
     claim_files: tuple[Path, ...] = ()
@@ -45,6 +48,12 @@ class ClaimOptions:
     cache_dir: Path | None = None
     allow_skip: bool = False
     report_dir: Path | None = None
+    baseline_save: str | None = None
+    """Store the run's numbers as this baseline name (``--claims-baseline-save``)."""
+    baseline_compare: str | None = None
+    """Compare the run with this baseline, a name or a path (``--claims-baseline-compare``)."""
+    baseline_rules: str = BASELINE_RULES
+    baseline_dir: Path = Path(BASELINE_DIRECTORY)
 
     @property
     def effective_model(self) -> str:
@@ -102,7 +111,9 @@ def check_output_file(path: Path, flag: str) -> None:
 def check_cache_dir(path: Path, flag: str) -> None:
     """``path`` is (or can become) a writable directory."""
     if path.exists() and not path.is_dir():
-        raise ClaimSetupError(f"{flag} {path} is a file; name a directory for the sweep cache")
+        raise ClaimSetupError(
+            f"{flag} {path} is a file; name a directory for the measurement cache"
+        )
     ancestor = _existing_ancestor(path)
     if not ancestor.is_dir():
         raise ClaimSetupError(f"{flag} {path}: {ancestor} is a file, not a directory")
@@ -141,6 +152,12 @@ def check_options(options: ClaimOptions) -> None:
         check_cache_dir(options.cache_dir, "--claims-cache")
     if options.report_dir is not None:
         check_output_dir(options.report_dir, "--claims-report")
+    try:
+        parse_rules(options.baseline_rules)
+    except BaselineError as error:
+        raise ClaimSetupError(str(error)) from None
+    if options.baseline_save is not None:
+        check_cache_dir(options.baseline_dir, "--claims-baseline-save")
     for flag, value, parse in (
         ("--dtype", options.dtype, parse_dtype),
         ("--device", options.device, parse_device),
@@ -156,13 +173,18 @@ def check_options(options: ClaimOptions) -> None:
     if options.model is not None or not options.claim_files:
         model = options.effective_model
         try:
-            resolve(model, options.revision)
+            revisions = (
+                [None] if options.revision is None else (parse_revisions(options.revision, model))
+            )
+            for revision in revisions:
+                try:
+                    resolve(model, revision)
+                except ModelUnavailableError:
+                    continue  # its cases are skipped with the reason (an error unless allowed)
         except ModelSpecError as error:
             rev = f" --revision {options.revision}" if options.revision else ""
             files = "" if options.claim_files else f"; {_claim_files_text(options.claims_dir)}"
             raise ClaimSetupError(f"--model {model}{rev}: {error}{files}") from None
-        except ModelUnavailableError:
-            pass  # its cases are skipped with the reason (an error unless allow_skip)
     if not options.claim_files:
         try:
             files = select_files(options)

@@ -1,4 +1,4 @@
-"""One claims run: its options, models, sweep store, cases, and their judged records.
+"""One claims run: its options, models, measurement store, cases, and their judged records.
 
 :class:`ClaimSession` is what the pytest plugin adapts; it can be driven without pytest
 (see ``tests/pipeline``): :meth:`ClaimSession.prepare` parses the claim files and checks them
@@ -11,18 +11,23 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from circuit.claims import ClaimCase
+from circuit.measurement_store import MeasurementStore
 from circuit.models import default_revision
 from circuit.pipeline.cases import prepare_cases
-from circuit.pipeline.judging import CaseEvidence, judge_cases
+from circuit.pipeline.distributed import Share, gather, share_of, wait_for_shares, write_share
+from circuit.pipeline.judging import CaseEvidence, judge_cases, measure_cases, records_by_key
 from circuit.pipeline.model_cache import ModelCache
 from circuit.pipeline.options import ClaimOptions, ClaimSetupError, check_options
 from circuit.reports import ClaimRecord
-from circuit.sweeps import SweepStore
+
+if TYPE_CHECKING:
+    from circuit.fuzzing.engine import FuzzRun, FuzzTarget
 
 
 def environment(
@@ -46,6 +51,7 @@ def environment(
         "platform": platform.platform(),
         "torch": torch.__version__,
         "transformer_lens": version("transformer-lens"),
+        "transformers": version("transformers"),
         "scipy": version("scipy"),
         "circuit_claims": version("circuit-claims"),
         "torch_threads": torch.get_num_threads(),
@@ -68,7 +74,7 @@ class ClaimSession:
 
     options: ClaimOptions
     models: ModelCache
-    store: SweepStore
+    store: MeasurementStore
     cases: list[ClaimCase] = field(default_factory=list)
     selected: list[ClaimCase] = field(default_factory=list)
     records: dict[tuple, ClaimRecord] | None = None
@@ -79,6 +85,16 @@ class ClaimSession:
     """Test id -> why the case was skipped (its model's weights are unavailable)."""
     evidence: dict[tuple, "CaseEvidence"] = field(default_factory=dict)
     """Case key -> its subject and draws, kept only when an HTML report is asked for."""
+    revision_seconds: dict[str, float] = field(default_factory=dict)
+    """``model@revision`` -> seconds spent loading and measuring its cases."""
+    share: Share | None = None
+    """This process's share of a distributed run (a pytest-xdist worker), else None."""
+    fuzz_examples: int = 0
+    """Datasets drawn per claim (``--claims-fuzz``; 0: no fuzzing; docs/fuzzing.md)."""
+    fuzz_targets: list["FuzzTarget"] = field(default_factory=list)
+    """The claims whose ``-fuzz`` items are selected."""
+    fuzz: "FuzzRun | None" = None
+    """Their fuzz results, judged in the same correction as the regular cases."""
 
     def prepare(self) -> list[ClaimCase]:
         """:func:`prepare_cases` once per run; the error, if any, is kept and raised again."""
@@ -99,9 +115,48 @@ class ClaimSession:
         if self.records is None:
             start = time.perf_counter()
             keep = self.evidence if self.options.report_dir is not None else None
-            self.records = judge_cases(self.selected, self.models, self.store, progress, keep)
+            if self.share is None:
+                self.records = judge_cases(
+                    self.selected, self.models, self.store, progress, keep, self.revision_seconds
+                )
+            else:
+                self.records = self._judged_as_worker(self.share, progress)
+            if self.fuzz_targets:  # re-judged with every fuzz judgement in one correction
+                from circuit.fuzzing.engine import judge_with_fuzz
+
+                self.records, self.fuzz = judge_with_fuzz(
+                    self.selected,
+                    self.records,
+                    self.fuzz_targets,
+                    self.models,
+                    self.store,
+                    progress,
+                )
             self.measure_seconds = time.perf_counter() - start
         return self.records
+
+    def _judged_as_worker(
+        self, share: Share, progress: Callable[[str], None] | None
+    ) -> dict[tuple, ClaimRecord]:
+        """Measure this worker's share, exchange, then judge the whole run as a serial run."""
+        own = share_of(self.selected, share.index, share.count)
+        measured = measure_cases(
+            own, self.models, self.store, progress, None, self.revision_seconds
+        )
+        write_share(share, measured, self.skipped, self.revision_seconds)
+        wait_for_shares(share)
+        return records_by_key(gather(share.directory, self.selected).measured)
+
+    def gather_workers(self, directory: Path, seconds: float) -> None:
+        """As the controller of a distributed run: every worker's measurements, judged
+        together in the serial order (the selected cases, the skipped ones, the records);
+        ``seconds``: the run's wall time so far (workers measure concurrently)."""
+        gathered = gather(directory, self.cases)
+        self.measure_seconds = seconds
+        self.selected = [m.case for m in gathered.measured]
+        self.skipped.update(gathered.skipped)
+        self.revision_seconds.update(gathered.seconds)
+        self.records = records_by_key(gathered.measured) if gathered.measured else None
 
     def nothing_judged(self) -> str | None:
         """Why a run judged nothing although it had claim cases (every one skipped), or None."""
@@ -109,3 +164,22 @@ class ClaimSession:
             return None
         reasons = sorted(set(self.skipped.values()))
         return f"every claim case ({len(self.skipped)}) was skipped: {'; '.join(reasons)}"
+
+    @property
+    def several_revisions(self) -> bool:
+        """Whether the run judges claims at more than one revision of a model."""
+        return len({(c.model, c.revision) for c in self.selected}) > len(
+            {c.model for c in self.selected}
+        )
+
+    def judged_by_model(self) -> dict[str, list[tuple[ClaimRecord, dict[str, object]]]]:
+        """Each model's judged records with their dataset recipes (for baselines)."""
+        grouped: dict[str, list[tuple[ClaimRecord, dict[str, object]]]] = {}
+        for case in self.selected:
+            record = (self.records or {}).get(case.key)
+            if record is None:
+                continue
+            recipe = case.file.dataset
+            dataset = {"variant": case.variant, "seed": recipe.seed, "n_pairs": recipe.n_pairs}
+            grouped.setdefault(case.model, []).append((record, dataset))
+        return grouped

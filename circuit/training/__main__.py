@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="train on the study descriptor pairs only",
     )
+    parser.add_argument(
+        "--corpus",
+        default=defaults.corpus,
+        choices=["v3", "v4"],
+        help="v3: single-premise templates (the shipped model); v4: mostly multi-premise prompts",
+    )
+    parser.add_argument("--max-positions", type=int, default=shape.max_positions)
     parser.add_argument("--no-card", action="store_true", help="skip evaluation and the card")
     return parser.parse_args(argv)
 
@@ -72,7 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     revision_steps = tuple(int(s) for s in args.revisions.split(",") if s.strip())
     shape = ModelShape(
-        d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_mlp=args.d_mlp
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        d_mlp=args.d_mlp,
+        max_positions=args.max_positions,
     )
     config = TrainConfig(
         seed=args.seed,
@@ -84,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         random_opposite_rate=args.random_opposite_rate,
         extra_descriptors=not args.no_extra_descriptors,
+        corpus=args.corpus,
         shape=shape,
     )
     out: Path = args.out

@@ -17,7 +17,14 @@ from circuit.training.attribution import (
     head_attributions,
     load_bridge,
 )
-from circuit.training.corpus import TEMPLATE_WEIGHTS, TEMPLATES, evaluation_prompts, render
+from circuit.training.corpus import (
+    CORPORA,
+    MULTI_PREMISE,
+    TEMPLATES,
+    TRAINING_TEMPLATES,
+    evaluation_prompts,
+    render,
+)
 from circuit.training.evaluate import DEFAULT_PROMPTS, evaluate_directory
 from circuit.training.layout import MODEL_NAME, read_manifest
 from circuit.training.tokenizer import word_class_token_counts
@@ -36,11 +43,26 @@ from circuit.vocabulary import (
 
 ATTRIBUTION_PROMPTS = 200
 
+CORPUS_NOTES = {
+    "v3": "Corpus `v3`: single-premise templates only, so the premise stated is always the "
+    "answer premise and nothing upstream has to steer the word movers' queries; the "
+    "multi-premise evaluation templates below measure what that leaves (the answer premise "
+    "first, `two_premise`, or not, `two_premise_late`, `three_premise`, `minor_first`). "
+    "`--corpus v4` trains on mostly multi-premise prompts (see the recipe search).",
+    "v4": "Corpus `v4`: three quarters of it is `composed`: two or three premises about "
+    "different categories, in random order and forms, where only the minor premise (or a "
+    "direct 'all {category} are' query) says which premise's descriptor is the answer. "
+    "Categories are drawn from the training categories and the training nouns lower-cased "
+    "(113 words), so that category matching can generalise to unseen category tokens.",
+}
+
 RECIPE_NOTES = """\
 Each recipe below was a full retrain (seed 0), judged by held-out accuracy on the study
-template and by the direct logit attribution (DLA) of the logit diff at the final position
-(study template, 100 held-out prompts), through TransformerBridge. Numbers are from those
-runs, not re-measured by the training command.
+template (v4: and on the multi-premise templates) and by the direct logit attribution (DLA)
+of the logit diff at the final position, through TransformerBridge (v1-v3: study template,
+100 held-out prompts). Numbers are from those runs, not re-measured by the training command.
+v1-v3 had 4 layers, 8 heads, d_model 128, 800 steps; v4 the same shape, 2400 steps
+(stopped runs: fewer).
 
 {tried}
 """
@@ -71,12 +93,32 @@ TRIED: tuple[str, ...] = (
     "attention 0.39-0.87 to the descriptor, under 0.02 to the opposite), top 3 47%, top 4 54%, "
     "MLPs 35%.",
     "90% random opposites + d_mlp 128: discarded (square MLP, see above).",
-    "shipped (v3): v2 + 90% random opposites + d_mlp 96 (small MLPs, so they cannot take over "
-    "the copying): the word movers moved to the last layer and heads carry over 90% of the "
-    "logit diff directly, MLPs under 10% (see the attribution tables above). Zero-ablating "
-    "the three layer-3 movers removes only about half of the logit diff, less than their "
-    "direct share: the effect is partly redundant. A run with d_mlp 256 was started and "
-    "stopped unmeasured once d_mlp 96 gave this result.",
+    "v3 (shipped before multi-premise training): v2 + 90% random opposites + d_mlp 96 (small "
+    "MLPs, so they cannot take over the copying): word movers in the last layer carried over "
+    "90% of the logit diff directly. But they found the descriptor with no help: path "
+    "patching into their queries moved at most 0.0014 of the gap, and their attention was "
+    "saturated (~0.8 on every prompt), so attention did not predict writing (Spearman 0.15). "
+    "Every premise in its corpus was the answer premise, so nothing upstream had to steer the "
+    "queries.",
+    "v4a: + multi-premise prompts (55% of the corpus, randomly composed: 2-3 premises about "
+    "different categories in random order, the minor premise decides), lr 1e-3, the 24 "
+    "training categories: the single-premise templates were solved by step 300, the "
+    "two-premise held-out probe stayed at chance (0.40-0.60) through step 1050. Stopped.",
+    "v4b: v4a + the training nouns lower-cased as categories (113 category words, so that "
+    "category matching can generalise to unseen category tokens), lr 2e-3: still at chance "
+    "on train and held-out words at step 768 (two_premise 0.63/0.61, two_premise_late "
+    "0.45/0.33) and 0.52 at step 1200. Stopped. (4 heads of 32 dims and a corpus with 78% "
+    "multi-premise prompts were started and stopped early for CPU time, unmeasured.)",
+    "v4c: v4b + up to three minor premise/conclusion queries per composed sequence: at step "
+    "768 two_premise 0.54/0.52; the layer-2/3 movers' attention from the final position was "
+    "split evenly between the two premises' descriptors (e.g. L3H0 0.42 vs 0.39): no head "
+    "read the minor premise. Stopped at step 950.",
+    "v4d (`--corpus v4 --max-positions 96 --lr 2e-3 --steps 2400`, the `v4` corpus as it "
+    "stands): v4c + direct queries ('Therefore, all fish are', 30% of conclusions), the plain "
+    "look-up by category that the minor-premise query could build on: even the direct query "
+    "stayed at chance at step 768 (0.44 train words), the two-premise probe at 0.45 at step "
+    "1550. Stopped. The same with 4 heads of 32 dims (8 rotary dims per head instead of 4): "
+    "0.46 at step 900. Stopped. Not shipped: the model keeps the v3 recipe.",
 )
 """Recipe search record (kept in the card)."""
 
@@ -103,8 +145,8 @@ def _attribution_section(root: Path, final: str) -> str:
     tokenizer = AutoTokenizer.from_pretrained(str(root))
     bridge = load_bridge(root)
     parts = []
-    for split in ("heldout", "train"):
-        prompts = evaluation_prompts("study", split, ATTRIBUTION_PROMPTS, seed=0)
+    for template, split in (("study", "heldout"), ("study", "train"), ("two_premise", "heldout")):
+        prompts = evaluation_prompts(template, split, ATTRIBUTION_PROMPTS, seed=0)
         total, heads = head_attributions(bridge, tokenizer, prompts)
         table = tabulate(
             [
@@ -137,9 +179,11 @@ def _attribution_section(root: Path, final: str) -> str:
         command = (
             f"python -m circuit.training.attribution --revision {final} --split {split} "
             f"--n {ATTRIBUTION_PROMPTS}"
+            + ("" if template == "study" else f" --template {template}")
         )
         parts.append(
-            f"### {split} words\n\n`{command}`\n\nMean logit diff {total:.3f}; the top 3 "
+            f"### {template} template, {split} words\n\n`{command}`\n\n"
+            f"Mean logit diff {total:.3f}; the top 3 "
             f"heads' direct effects are {top3:.0%} of it.\n\n{table}\n\n"
             f"Direct effect per residual component:\n\n{component_table}\n\n"
             f"Total effect of the top heads (zero-ablation of their outputs at every "
@@ -160,8 +204,17 @@ def write_card(root: Path) -> None:
     counts = word_class_token_counts(tokenizer)
     example = render("study", "birds", "Horses", "exoskeletal", "endoskeletal")
     example_tokens = tokenizer.convert_ids_to_tokens(tokenizer(example.text)["input_ids"])
-    template_rows = [[name, TEMPLATE_WEIGHTS[name], TEMPLATES[name]] for name in TEMPLATES]
-    revision_rows = [[r.name, r.step, r.path, _probe_at(log, r.step)] for r in revisions]
+    corpus = config.get("corpus", "v3")
+    weights = CORPORA[corpus]
+    template_rows = [[name, weights[name], TRAINING_TEMPLATES[name]] for name in weights]
+    eval_rows = [
+        [name, "distractor" if name in MULTI_PREMISE else "opposite", TEMPLATES[name]]
+        for name in TEMPLATES
+    ]
+    revision_rows = [
+        [r.name, r.step, r.path, _probe_at(log, r.step), _probe_at(log, r.step, "two_premise")]
+        for r in revisions
+    ]
     sections = [
         f"# {MODEL_NAME}\n",
         "A small GPT-NeoX (Pythia's architecture family) trained here, on CPU, on generated "
@@ -219,8 +272,12 @@ def write_card(root: Path) -> None:
         "Each training sequence is `<|endoftext|>` + syllogism + `<|endoftext|>`, sampled on "
         f"the fly from a seeded RNG. With probability {config['random_opposite_rate']} the "
         "opposite is another pair's descriptor (so the model must read which descriptor the "
-        "premise asserts). Templates (the completion is `' {descriptor}.'`):\n\n"
+        "premise asserts). " + CORPUS_NOTES[corpus] + " "
+        "Corpus entries (the completion is `' {descriptor}.'`):\n\n"
         + tabulate(template_rows, headers=["name", "weight", "prompt"], tablefmt="github")
+        + "\n\nEvaluation templates (held-out accuracy below; the wrong answer of a "
+        "multi-premise template is the distractor premise's descriptor):\n\n"
+        + tabulate(eval_rows, headers=["name", "wrong answer", "prompt"], tablefmt="github")
         + "\n\nWord splits:\n\n"
         + tabulate(
             [
@@ -274,11 +331,12 @@ def write_card(root: Path) -> None:
         "## Revisions\n",
         "`revisions.json` lists them; load one with "
         '`circuit.load_model("bundled", revision="stepN")`. Each is a complete HF directory '
-        "(float32 weights and tokenizer files). Probe = study template, held-out words, "
+        "(float32 weights and tokenizer files), saved at log-spaced steps as Pythia's are. "
+        "Probes = study and two_premise templates, held-out words, "
         f"{config['eval_prompts']} prompts (seed 1), accuracy during training.\n\n"
         + tabulate(
             revision_rows,
-            headers=["revision", "step", "path", "held-out probe accuracy"],
+            headers=["revision", "step", "path", "study probe", "two_premise probe"],
             tablefmt="github",
         )
         + "\n",
@@ -286,14 +344,15 @@ def write_card(root: Path) -> None:
         "Per template and split: `train` = the study nouns and categories (seen in training), "
         "`heldout` = the held-out nouns and categories (never in the corpus); study descriptor "
         "pairs, paired opposites; prompts sampled with seed 0. Accuracy = share of prompts "
-        "where the descriptor's first token outscores the opposite's first token at the final "
-        "position; mean logit diff = mean of that difference.\n",
+        "where the descriptor's first token outscores the wrong answer's first token (the "
+        "opposite's; in multi-premise templates the distractor premise's descriptor's) at the "
+        "final position; mean logit diff = mean of that difference.\n",
     ]
     for revision in revisions:
         sections.append(_eval_section(root, revision.name, revision.path))
     sections += [
         "## Circuit: direct logit attribution (final model)\n",
-        "Study template, per-head direct effect on logit(descriptor) - logit(opposite) at the "
+        "Per-head direct effect on logit(descriptor) - logit(wrong answer) at the "
         "final position, through TransformerBridge in compatibility mode (fold_ln, centered "
         "writing weights and unembedding), final layer norm applied to the stack; share = "
         "head's effect / mean logit diff; attention = mean attention from the final position "
@@ -305,12 +364,12 @@ def write_card(root: Path) -> None:
     (root / "README.md").write_text("\n".join(sections))
 
 
-def _probe_at(log: dict[str, object], step: int) -> str:
+def _probe_at(log: dict[str, object], step: int, probe: str = "heldout") -> str:
     evals = log["evals"]
     assert isinstance(evals, list)
     for item in evals:
-        if item["step"] == step:
-            return f"{item['heldout_accuracy']:.3f}"
+        if item["step"] == step and f"{probe}_accuracy" in item:
+            return f"{item[f'{probe}_accuracy']:.3f}"
     return "-"
 
 

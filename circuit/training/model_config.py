@@ -66,10 +66,13 @@ class TrainConfig:
     random_opposite_rate: float = 0.9
     extra_descriptors: bool = True
     vocab_size: int = 1024
-    revision_steps: tuple[int, ...] = (100, 150, 400)
+    revision_steps: tuple[int, ...] = (2, 8, 32, 64, 100, 150, 400)
     eval_every: int = 25
     eval_prompts: int = 128
     threads: int = 1
+    corpus: str = "v3"
+    """Training corpus (``circuit.training.corpus.CORPORA``): ``v3`` single-premise, the
+    shipped model's; ``v4`` multi-premise (needs ``max_positions`` >= 96)."""
     shape: ModelShape = field(default_factory=ModelShape)
 
     def to_dict(self) -> dict[str, object]:

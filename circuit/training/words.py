@@ -147,12 +147,21 @@ TEMPLATE_WORDS: Final[tuple[str, ...]] = (
     "the",
     "a",
 )
-"""Function words of the corpus templates."""
+"""Function words of the corpus templates. (The ``v4`` corpus's prefixes, "Consider this.",
+"Here is a rule.", "Listen.", are not among them: adding them would change the shipped
+tokenizer; they are split into smaller pieces.)"""
 
 TRAIN_CATEGORIES: Final[tuple[str, ...]] = tuple(dict.fromkeys(STUDY_CATEGORIES + EXTRA_CATEGORIES))
 TRAIN_NOUNS: Final[tuple[str, ...]] = tuple(dict.fromkeys(STUDY_NOUNS + EXTRA_NOUNS))
 TRAIN_DESCRIPTOR_PAIRS: Final[tuple[tuple[str, str], ...]] = (
     STUDY_DESCRIPTOR_PAIRS + EXTRA_DESCRIPTOR_PAIRS
 )
+TRAIN_CATEGORY_POOL: Final[tuple[str, ...]] = TRAIN_CATEGORIES + tuple(
+    noun.lower() for noun in dict.fromkeys(TRAIN_NOUNS)
+)
+"""Every category word of the training corpus: the training categories and the training nouns
+lower-cased ("All dogs are ..."), as the ``heldout`` variant uses held-out nouns. A model that
+must match a minor premise's category to a premise's category sees ~110 of them, so that its
+matching generalises to category tokens it never saw (the held-out ones)."""
 ALL_CATEGORIES: Final[tuple[str, ...]] = TRAIN_CATEGORIES + HELDOUT_CATEGORIES
 ALL_NOUNS: Final[tuple[str, ...]] = TRAIN_NOUNS + HELDOUT_NOUNS

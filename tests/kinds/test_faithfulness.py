@@ -25,12 +25,12 @@ from circuit.heads import Head
 from circuit.kinds import KINDS as REGISTRY
 from circuit.kinds.faithfulness import masks_keeping
 from circuit.kinds.measurements import Subject, clean_run, study_metric
+from circuit.measurement_store import MeasurementStore, SubjectKey
 from circuit.pipeline.cases import select_cases
 from circuit.pipeline.judging import judge_cases
 from circuit.pipeline.model_cache import ModelCache
 from circuit.pipeline.options import ClaimOptions
 from circuit.statistics import VerdictSettings
-from circuit.sweeps import SubjectKey, SweepStore
 from circuit.syllogisms import build_dataset
 
 BUNDLED_CLAIMS = Path(__file__).resolve().parents[2] / "claims" / "bundled.toml"
@@ -38,7 +38,16 @@ KINDS = ("sufficiency", "necessity", "minimality")
 VARIANT = "heldout"
 N_PAIRS = 16
 CONTROL_PAIRS = 56
-CIRCUIT = (Head(3, 6), Head(3, 0), Head(3, 4), Head(1, 1))
+
+
+def _bundled_circuit() -> tuple[tuple[Head, ...], str]:
+    """The heads of claims/bundled.toml's sufficiency claim, and the file's prompt family."""
+    claim_file = load_claim_file(BUNDLED_CLAIMS)
+    claim = next(c for c in claim_file.claims if c.id == "sufficiency")
+    return claim.primary_heads, claim_file.dataset.family
+
+
+CIRCUIT, FAMILY = _bundled_circuit()
 
 HEADER = """
 model = "bundled"
@@ -119,9 +128,9 @@ def test_options_belong_to_their_kinds():
 
 @pytest.fixture(scope="module")
 def subject(bundled_model) -> Subject:
-    data = build_dataset(bundled_model, VARIANT, seed=42, n_pairs=N_PAIRS)
-    key = SubjectKey("bundled", None, "float32", "cpu", VARIANT, 42, N_PAIRS)
-    return Subject(bundled_model, data, key, SweepStore())
+    data = build_dataset(bundled_model, VARIANT, seed=42, n_pairs=N_PAIRS, family=FAMILY)
+    key = SubjectKey("bundled", None, "float32", "cpu", VARIANT, 42, N_PAIRS, FAMILY)
+    return Subject(bundled_model, data, key, MeasurementStore())
 
 
 def _claim(kind: str, threshold: float = 0.5, heads=CIRCUIT, **options: str):
@@ -162,7 +171,8 @@ def test_recovered_is_the_fraction_of_the_gap_kept(subject):
     )
     data = subject.dataset
     metric = study_metric(subject)
-    masks = masks_keeping([np.array([h.flat(8) for h in CIRCUIT])], 4, 8)
+    n_layers, n_heads = subject.n_layers, subject.n_heads
+    masks = masks_keeping([np.array([h.flat(n_heads) for h in CIRCUIT])], n_layers, n_heads)
     kept = ablate_heads(
         subject.model,
         data.clean_tokens,
@@ -200,7 +210,7 @@ def _faithfulness_file(n_pairs: int) -> ClaimFile:
 
 
 def _judge(cases: list[ClaimCase], models: ModelCache) -> list:
-    return list(judge_cases(cases, models, SweepStore()).values())
+    return list(judge_cases(cases, models, MeasurementStore()).values())
 
 
 def test_faithfulness_claims_confirm_nothing_on_random_weights(models):
@@ -213,9 +223,9 @@ def test_faithfulness_claims_confirm_nothing_on_random_weights(models):
 
 def _control_subject(models: ModelCache) -> Subject:
     model = models.get("bundled", None)
-    data = build_dataset(model, VARIANT, seed=42, n_pairs=CONTROL_PAIRS)
-    key = SubjectKey("bundled", None, "float32", "cpu", VARIANT, 42, CONTROL_PAIRS)
-    return Subject(model, data, key, SweepStore())
+    data = build_dataset(model, VARIANT, seed=42, n_pairs=CONTROL_PAIRS, family=FAMILY)
+    key = SubjectKey("bundled", None, "float32", "cpu", VARIANT, 42, CONTROL_PAIRS, FAMILY)
+    return Subject(model, data, key, MeasurementStore())
 
 
 def _case(kind: str, heads: tuple[Head, ...], claim_id: str) -> ClaimCase:
@@ -249,7 +259,8 @@ def test_a_useless_head_fails_minimality(models):
     dla = clean_run(subject)["dla"].mean(dim=0).abs().flatten().numpy()
     n_heads = subject.n_heads
     candidates = [Head(int(i) // n_heads, int(i) % n_heads) for i in np.argsort(dla)]
-    low, high = 1, 3  # the circuit's layer range: the useless head competes inside it
+    # the circuit's layer range: the useless head competes inside it
+    low, high = min(h.layer for h in CIRCUIT), max(h.layer for h in CIRCUIT)
     useless = next(h for h in candidates if h not in CIRCUIT and low <= h.layer <= high)
     heads = (*CIRCUIT, useless)
     (record,) = _judge([_case("minimality", heads, "useless-head")], models)

@@ -1,11 +1,14 @@
 """The shipped bundled model: layout, size, offline loading, and measured quality."""
 
+import itertools
+import json
+
 import pytest
 import torch
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 from circuit.training.attribution import load_bridge
-from circuit.training.corpus import evaluation_prompts
+from circuit.training.corpus import MULTI_PREMISE, TEMPLATES, evaluation_prompts
 from circuit.training.layout import DEFAULT_DIR, read_manifest
 from circuit.training.metrics import encode_prompts, score
 
@@ -13,13 +16,16 @@ FINAL, REVISIONS = read_manifest(DEFAULT_DIR)
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
-def test_manifest_has_final_and_at_least_three_intermediate_revisions():
+def test_manifest_has_final_and_at_least_eight_log_spaced_revisions():
     steps = [r.step for r in REVISIONS]
     assert steps == sorted(steps)
     assert len(set(steps)) == len(steps)
     assert REVISIONS[-1].name == FINAL
     assert REVISIONS[-1].path == "."
-    assert len(REVISIONS) >= 4
+    assert len(REVISIONS) >= 8
+    # log-spaced, as Pythia's early checkpoints: each step at least 1.5x the one before
+    assert all(later >= 1.5 * earlier for earlier, later in itertools.pairwise(steps))
+    assert steps[0] <= 4
 
 
 @pytest.mark.parametrize("revision", REVISIONS, ids=lambda r: r.name)
@@ -66,5 +72,51 @@ def test_final_model_solves_the_study_template_on_heldout_words(heldout_study_pr
     assert _accuracy(DEFAULT_DIR, heldout_study_prompts) >= 0.95
 
 
-def test_earliest_revision_does_not(heldout_study_prompts):
-    assert _accuracy(DEFAULT_DIR / REVISIONS[0].path, heldout_study_prompts) < 0.95
+SHIPPED_CORPUS = json.loads((DEFAULT_DIR / "training_log.json").read_text())["config"].get(
+    "corpus", "v3"
+)
+NOT_TRAINED = pytest.mark.xfail(
+    SHIPPED_CORPUS == "v3",
+    reason="the shipped organism (corpus v3) never saw a multi-premise prompt: it answers "
+    "from the first premise whatever the minor premise says (see its card); issue 11 is open",
+    strict=True,
+)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # two_premise puts the answer premise first: a first-premise reader solves it
+        pytest.param(name, marks=NOT_TRAINED)
+        if name in MULTI_PREMISE and name != "two_premise"
+        else name
+        for name in sorted(TEMPLATES)
+    ],
+)
+def test_final_model_solves_every_template_on_heldout_words(template):
+    prompts = evaluation_prompts(template, "heldout", 200, seed=0)
+    assert _accuracy(DEFAULT_DIR, prompts) >= 0.95
+
+
+def test_earliest_revision_is_near_chance(heldout_study_prompts):
+    assert 0.3 <= _accuracy(DEFAULT_DIR / REVISIONS[0].path, heldout_study_prompts) <= 0.7
+    two_premise = evaluation_prompts("two_premise", "heldout", 200, seed=0)
+    assert 0.3 <= _accuracy(DEFAULT_DIR / REVISIONS[0].path, two_premise) <= 0.7
+
+
+def test_some_revision_is_inside_the_window_where_the_study_task_forms(heldout_study_prompts):
+    """Between the near-chance start and the solved end, some revision has the task partly
+    formed: its mean held-out logit diff is above 0.2 but under half of the final model's."""
+    final_diff = _score(DEFAULT_DIR, heldout_study_prompts)[1]
+    inside = [
+        revision.name
+        for revision in REVISIONS[1:-1]
+        if 0.2 < _score(DEFAULT_DIR / revision.path, heldout_study_prompts)[1] < final_diff / 2
+    ]
+    assert inside, inside
+
+
+def _score(directory, prompts) -> tuple[float, float]:
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    model = GPTNeoXForCausalLM.from_pretrained(str(directory), dtype="float32").eval()
+    return score(model, tokenizer, prompts)

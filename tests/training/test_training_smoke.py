@@ -80,3 +80,38 @@ def test_entry_point_writes_the_shipped_layout(tmp_path):
 def test_square_mlp_is_refused():
     with pytest.raises(ValueError, match="d_mlp must differ"):
         ModelShape(d_model=32, d_mlp=32)
+
+
+def test_the_multi_premise_corpus_makes_the_minor_premise_decide():
+    """``v4``: most sequences state two or three premises about different categories; the
+    answer is the descriptor of the premise whose category the minor premise names."""
+    import random
+    import re
+
+    from circuit.training.corpus import compose, training_texts
+    from circuit.training.words import TRAIN_CATEGORY_POOL, TRAIN_DESCRIPTOR_PAIRS, TRAIN_NOUNS
+
+    rng = random.Random(0)
+    minor_decides = 0
+    for _ in range(300):
+        s = compose(rng, TRAIN_CATEGORY_POOL, TRAIN_NOUNS, TRAIN_DESCRIPTOR_PAIRS, 0.9)
+        premises = dict(re.findall(r"All (\w+) are (?:not \w+ but )?(\w+)", s.prompt))
+        assert 2 <= len(premises) <= 3
+        assert s.descriptor in premises.values()
+        assert s.opposite in premises.values()
+        assert s.descriptor != s.opposite
+        query = re.search(r"(?:Therefore,|So|Hence,|Thus,) (all )?(\w+) are$", s.prompt)
+        assert query is not None, s.prompt
+        if query.group(1):  # a direct query names the category
+            assert premises[query.group(2)] == s.descriptor
+            continue
+        noun = query.group(2)
+        (category,) = re.findall(rf"{noun.capitalize()} are (\w+)\.", s.prompt)
+        assert premises[category] == s.descriptor
+        minor_decides += 1
+    assert minor_decides > 150
+    texts = training_texts(random.Random(1), 200, corpus="v4")
+    assert sum(text.count("All ") >= 2 for text in texts) > 100
+    assert training_texts(random.Random(1), 50) == training_texts(random.Random(1), 50, 0.9)
+    with pytest.raises(ValueError, match="unknown corpus"):
+        training_texts(random.Random(1), 1, corpus="v5")

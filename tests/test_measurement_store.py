@@ -1,9 +1,10 @@
-"""The sweep store: each sweep computed once per run; the disk cache keyed by what determines it."""
+"""The measurement store: each measurement computed once per run; the disk cache keyed by what
+determines it."""
 
 import pytest
 import torch
 
-from circuit.sweeps import SubjectKey, SweepStore, model_fingerprint, tensor_digest
+from circuit.measurement_store import MeasurementStore, SubjectKey, model_fingerprint, tensor_digest
 
 SUBJECT = SubjectKey("bundled", None, "float32", "cpu", "heldout", 42, 8)
 
@@ -19,7 +20,7 @@ class Counter:
 
 def test_each_sweep_is_computed_once_per_run():
     lines: list[str] = []
-    store = SweepStore(progress=lines.append)
+    store = MeasurementStore(progress=lines.append)
     compute = Counter()
     first = store.get(SUBJECT, "dla", None, compute)
     again = store.get(SUBJECT, "dla", None, compute)
@@ -30,11 +31,11 @@ def test_each_sweep_is_computed_once_per_run():
     assert compute.calls == 3
     assert store.computed == {"dla": 1, "path_query": 2}
     assert len(lines) == 3
-    assert "sweep dla on bundled@default/heldout" in lines[0]
+    assert "measurement dla on bundled@default/heldout" in lines[0]
 
 
 def test_other_subjects_do_not_share_results():
-    store = SweepStore()
+    store = MeasurementStore()
     compute = Counter()
     store.get(SUBJECT, "dla", None, compute)
     for other in (
@@ -49,13 +50,13 @@ def test_other_subjects_do_not_share_results():
 
 def test_disk_cache_round_trips_and_is_keyed_by_fingerprint(tmp_path):
     compute = Counter()
-    first = SweepStore(cache_dir=tmp_path).get(SUBJECT, "dla", None, compute, "weights-a")
-    fresh = SweepStore(cache_dir=tmp_path)
+    first = MeasurementStore(cache_dir=tmp_path).get(SUBJECT, "dla", None, compute, "weights-a")
+    fresh = MeasurementStore(cache_dir=tmp_path)
     loaded = fresh.get(SUBJECT, "dla", None, compute, "weights-a")
     assert compute.calls == 1
     assert fresh.loaded == {"dla": 1}
     torch.testing.assert_close(loaded["x"], first["x"])
-    changed = SweepStore(cache_dir=tmp_path).get(SUBJECT, "dla", None, compute, "weights-b")
+    changed = MeasurementStore(cache_dir=tmp_path).get(SUBJECT, "dla", None, compute, "weights-b")
     assert compute.calls == 2
     assert not torch.equal(changed["x"], first["x"])
     assert len(list(tmp_path.glob("*.pt"))) == 2
@@ -86,14 +87,14 @@ def test_a_corrupted_cache_entry_is_said_recomputed_and_overwritten(tmp_path, ga
         calls.append(1)
         return {"x": torch.arange(3)}
 
-    SweepStore(tmp_path).get(subject, "sweep", None, compute)
+    MeasurementStore(tmp_path).get(subject, "sweep", None, compute)
     (entry,) = tmp_path.glob("*.pt")
     if garbage == "list":
         torch.save([1, 2], entry)
     else:
         entry.write_bytes(garbage)
     lines: list[str] = []
-    store = SweepStore(tmp_path, lines.append)
+    store = MeasurementStore(tmp_path, lines.append)
     result = store.get(subject, "sweep", None, compute)
     assert torch.equal(result["x"], torch.arange(3))
     assert len(calls) == 2
@@ -103,5 +104,5 @@ def test_a_corrupted_cache_entry_is_said_recomputed_and_overwritten(tmp_path, ga
     assert entry.name in said[0]
     assert "recomputing" in said[0]
     assert torch.equal(torch.load(entry, weights_only=True)["x"], torch.arange(3))
-    assert SweepStore(tmp_path).get(subject, "sweep", None, compute)
+    assert MeasurementStore(tmp_path).get(subject, "sweep", None, compute)
     assert len(calls) == 2

@@ -1,12 +1,12 @@
-"""Measure once, judge many: a store of sweep results shared by every claim of a run.
+"""Measure once, judge many: a store of measurements shared by every claim of a run.
 
-A *sweep* is an expensive measurement over one model on one dataset (direct logit
+A *measurement* is an expensive computation over one model on one dataset (direct logit
 attribution of every head, value patching by position, path patching into some receivers'
 queries, ...). Its result is a ``dict[str, torch.Tensor]`` of per-prompt data. The store
-computes each distinct sweep once per run (in memory) and, given a ``cache_dir``, keeps it
+computes each distinct measurement once per run (in memory) and, given a ``cache_dir``, keeps it
 on disk under a digest of everything that determines it: the model (spec, revision, dtype,
 device and a fingerprint of its weights), the dataset (recipe and a digest of its tokens and
-answers), the sweep's name and parameters, the library versions and the source of the
+answers), the measurement's name and parameters, the library versions and the source of the
 routines that compute it.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-SweepResult = dict[str, torch.Tensor]
+MeasurementResult = dict[str, torch.Tensor]
 Progress = Callable[[str], None]
 
 CACHE_FORMAT = 1
@@ -29,7 +29,7 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class SubjectKey:
-    """One model on one dataset: everything that names the subject of a sweep."""
+    """One model on one dataset: everything that names the subject of a measurement."""
 
     model: str
     revision: str | None
@@ -38,10 +38,14 @@ class SubjectKey:
     variant: str
     seed: int
     n_pairs: int | None
+    family: str = "study"
+    """The prompt family: datasets of different families never share a measurement."""
 
     def describe(self) -> str:
-        """Short label for progress lines, e.g. ``bundled@final/heldout``."""
-        return f"{self.model}@{self.revision or 'default'}/{self.variant}"
+        """Short label for progress lines, e.g. ``bundled@final/heldout``
+        (``bundled@final/two-premise:heldout`` for another family)."""
+        variant = self.variant if self.family == "study" else f"{self.family}:{self.variant}"
+        return f"{self.model}@{self.revision or 'default'}/{variant}"
 
 
 def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
@@ -63,7 +67,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def source_digest(modules: Iterable[object]) -> str:
-    """Digest of the source files of the given modules (routines that compute sweeps)."""
+    """Digest of the source files of the given modules (routines that compute measurements)."""
     digest = hashlib.sha256()
     for module in modules:
         path = getattr(module, "__file__", None)
@@ -73,10 +77,10 @@ def source_digest(modules: Iterable[object]) -> str:
 
 
 @dataclass
-class SweepStore:
-    """In-memory (and optionally on-disk) store of sweep results for one run.
+class MeasurementStore:
+    """In-memory (and optionally on-disk) store of measurements for one run.
 
-    ``get`` returns the stored result or computes it; ``computed`` counts the sweeps that
+    ``get`` returns the stored result or computes it; ``computed`` counts the measurements that
     actually ran (name -> count), ``loaded`` those read back from disk, ``corrupted`` the
     unreadable disk entries that were recomputed and overwritten.
     """
@@ -85,13 +89,13 @@ class SweepStore:
     progress: Progress | None = None
 
     def __post_init__(self) -> None:
-        self._memory: dict[str, SweepResult] = {}
+        self._memory: dict[str, MeasurementResult] = {}
         self.computed: Counter[str] = Counter()
         self.loaded: Counter[str] = Counter()
         self.corrupted = 0
 
     def key(self, subject: SubjectKey, name: str, params: object, fingerprint: str) -> str:
-        """Digest naming one sweep: subject, name, parameters and the caller's fingerprint."""
+        """Digest naming one measurement: subject, name, parameters and the caller's fingerprint."""
         payload = json.dumps(
             {
                 "format": CACHE_FORMAT,
@@ -108,8 +112,8 @@ class SweepStore:
 
     def stored(
         self, subject: SubjectKey, name: str, params: object, fingerprint: str = ""
-    ) -> SweepResult | None:
-        """The sweep's result if this run already has it in memory, else None (never
+    ) -> MeasurementResult | None:
+        """The measurement if this run already has it in memory, else None (never
         computes: figures read what the claims measured and skip what they did not)."""
         return self._memory.get(self.key(subject, name, params, fingerprint))
 
@@ -118,14 +122,14 @@ class SweepStore:
         subject: SubjectKey,
         name: str,
         params: object,
-        compute: Callable[[], SweepResult],
+        compute: Callable[[], MeasurementResult],
         fingerprint: str = "",
-    ) -> SweepResult:
-        """The sweep's result, computed at most once per run (and per cache)."""
+    ) -> MeasurementResult:
+        """The measurement, computed at most once per run (and per cache)."""
         key = self.key(subject, name, params, fingerprint)
         if key in self._memory:
             return self._memory[key]
-        label = f"sweep {name}{_params_text(params)} on {subject.describe()}"
+        label = f"measurement {name}{_params_text(params)} on {subject.describe()}"
         path = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
         start = time.perf_counter()
         result = self._load(path, label) if path is not None and path.is_file() else None
@@ -141,8 +145,8 @@ class SweepStore:
         self._memory[key] = result
         return result
 
-    def _load(self, path: Path, label: str) -> SweepResult | None:
-        """A cache entry, or None (said in one line) when it is unreadable or not a sweep
+    def _load(self, path: Path, label: str) -> MeasurementResult | None:
+        """A cache entry, or None (said in one line) when it is unreadable or not a measurement
         result: the caller recomputes it and overwrites the entry."""
         try:
             result = torch.load(path, map_location="cpu", weights_only=True)
@@ -159,7 +163,7 @@ class SweepStore:
         self._say(f"{label}: cache entry {path} is corrupted ({reason}); recomputing it")
         return None
 
-    def _save(self, path: Path, result: SweepResult) -> None:
+    def _save(self, path: Path, result: MeasurementResult) -> None:
         """Write an entry atomically; a cache that cannot be written is said, not fatal."""
         partial = path.with_suffix(".tmp")
         try:
@@ -169,7 +173,7 @@ class SweepStore:
         except OSError as error:
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
-            self._say(f"cannot write the sweep cache entry {path}: {error.strerror or error}")
+            self._say(f"cannot write the measurement cache entry {path}: {error.strerror or error}")
 
     def _say(self, line: str) -> None:
         if self.progress is not None:
