@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from benchmarks.scale import run_claim_file
+from benchmarks.scale import run_claim_file, to_stderr
 from circuit.models import ModelUnavailableError, resolve
 
 PEAK_LIMIT_GIB = 24
@@ -25,7 +25,8 @@ def test_study_claim_file_on_random_pythia_410m(benchmark):
     except ModelUnavailableError as error:
         pytest.skip(f"random:pythia-410m unavailable: {error}")
     n_pairs = int(os.environ.get("SCALE_N_PAIRS", "8")) or None
-    report = benchmark.pedantic(run_claim_file, kwargs={"n_pairs": n_pairs}, rounds=1, iterations=1)
+    kwargs = {"n_pairs": n_pairs, "progress": to_stderr}
+    report = benchmark.pedantic(run_claim_file, kwargs=kwargs, rounds=1, iterations=1)
     benchmark.extra_info.update(report)
     print(f"\nSCALE {report}")
     assert report["peak_rss_growth_gib"] < PEAK_LIMIT_GIB

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.scale import MODEL, run_claim_file
+from benchmarks.scale import MODEL, run_claim_file, to_stderr
 
 
 def main() -> int:
@@ -30,7 +30,9 @@ def main() -> int:
         return 2
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
     for dtype in dtypes:
-        report = run_claim_file(args.model, n_pairs=args.n_pairs, device="cuda", dtype=dtype)
+        report = run_claim_file(
+            args.model, n_pairs=args.n_pairs, device="cuda", dtype=dtype, progress=to_stderr
+        )
         report["gpu"] = torch.cuda.get_device_name()
         print(json.dumps(report), flush=True)
     return 0

@@ -6,7 +6,9 @@ measures cost only (wall time, peak memory, what ran).
 """
 
 import dataclasses
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,10 +25,12 @@ def run_claim_file(
     n_pairs: int | None = None,
     device: str = "cpu",
     dtype: str = "float32",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
     """Measure every case of ``claim_file`` against ``model`` (``n_pairs`` overrides the file's
     dataset size when given). Returns the time, the peak memory (resident growth on CPU, the
-    allocator's peak on a GPU), the sweeps computed and each case's outcome."""
+    allocator's peak on a GPU), the sweeps computed and each case's outcome. ``progress``
+    receives a line as each sweep starts and ends (the pipeline's progress lines)."""
     from circuit.measurement_store import MeasurementStore
     from circuit.pipeline.cases import select_cases, validate_cases
     from circuit.pipeline.judging import judge_run, measure_cases
@@ -48,7 +52,7 @@ def run_claim_file(
     with PeakRss() as rss:
         cases = select_cases(files, options)
         validate_cases(cases, models)
-        measured = measure_cases(cases, models, store)
+        measured = measure_cases(cases, models, store, progress)
         records = judge_run(measured)
     seconds = time.perf_counter() - start
     report: dict[str, object] = {
@@ -70,3 +74,8 @@ def run_claim_file(
     if device.startswith("cuda"):
         report["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return report
+
+
+def to_stderr(line: str) -> None:
+    """A progress callback: each line to stderr as it comes (pytest ``-s`` shows it)."""
+    print(line, file=sys.stderr, flush=True)

@@ -165,12 +165,17 @@ def discover_main(argv: list[str]) -> int:
     from circuit.discovery import DiscoveryError, check_variant, discover, draft_claims, notes
     from circuit.kinds.measurements import Subject
     from circuit.measurement_store import MeasurementStore, SubjectKey
+    from circuit.metrics import MetricError
     from circuit.syllogisms import summarise
+    from circuit.templates import FAMILIES
 
     parser = argparse.ArgumentParser(prog="python -m circuit discover")
     parser.add_argument("--model", required=True)
     parser.add_argument("--revision", default=None)
     parser.add_argument("--variant", default="study", choices=VARIANTS)
+    parser.add_argument(
+        "--family", default="study", choices=FAMILIES, help="prompt family of the dataset"
+    )
     parser.add_argument("--allow-heldout", action="store_true", help="discover on heldout")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--n-pairs", type=int, default=56)
@@ -189,17 +194,36 @@ def discover_main(argv: list[str]) -> int:
         model = load_model(args.model, args.revision)
         overrides = {"logit_diff_filter": False} if args.no_logit_diff_filter else {}
         dataset = build_dataset(
-            model, args.variant, seed=args.seed, n_pairs=args.n_pairs, allow_fewer=True, **overrides
+            model,
+            args.variant,
+            seed=args.seed,
+            n_pairs=args.n_pairs,
+            allow_fewer=True,
+            family=args.family,
+            **overrides,
         )
         device, dtype = str(model.cfg.device), str(model.cfg.dtype).removeprefix("torch.")
         key = SubjectKey(
-            args.model, args.revision, dtype, device, args.variant, args.seed, args.n_pairs
+            args.model,
+            args.revision,
+            dtype,
+            device,
+            args.variant,
+            args.seed,
+            args.n_pairs,
+            args.family,
         )
         with torch.no_grad():
             found = discover(
                 Subject(model, dataset, key, MeasurementStore()), args.movers, args.top
             )
-    except (ModelSpecError, ModelUnavailableError, DatasetError, DiscoveryError) as error:
+    except (
+        ModelSpecError,
+        ModelUnavailableError,
+        DatasetError,
+        DiscoveryError,
+        MetricError,
+    ) as error:
         return _error(str(error).splitlines()[0] if str(error) else type(error).__name__)
     command = "python -m circuit discover " + shlex.join(argv)
     print(
@@ -213,6 +237,7 @@ def discover_main(argv: list[str]) -> int:
             args.n_pairs,
             summarise(dataset),
             notes(args.variant, args.no_logit_diff_filter),
+            args.family,
         ),
         end="",
     )

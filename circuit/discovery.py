@@ -328,10 +328,12 @@ def draft_claims(
     n_pairs: int,
     summary: str = "",
     warnings: Sequence[str] = (),
+    family: str = "study",
 ) -> str:
     """The DRAFT claim file (TOML for :func:`circuit.claims.parse_claim_text`), the measured
     numbers as comments above each claim; ``summary`` (the dataset's filters and roles) and
-    ``warnings`` (see :func:`notes`) go in its header."""
+    ``warnings`` (see :func:`notes`) go in its header; ``family`` (the prompt family discovered
+    on) goes in its ``[dataset]`` table unless it is the default ``study``."""
     header = [
         f"# DRAFT claim file for {model}: discovered on --variant {variant} "
         f"({found.n_prompts} prompts) with",
@@ -353,6 +355,7 @@ def draft_claims(
         + json.dumps(f"DRAFT: word movers {_names(found.movers)}, discovered on {variant}."),
         "",
         "[dataset]",
+        *([f"family = {json.dumps(family)}"] if family != "study" else []),
         f"variants = {json.dumps(list(JUDGED_ON))}",
         f"seed = {seed}",
         f"n_pairs = {n_pairs}",

@@ -124,6 +124,26 @@ def test_random_weights_still_give_a_parseable_draft(capsys):
     assert "WARNING: discovered without the logit-diff filter" in out
 
 
+def test_the_family_option_builds_that_familys_dataset(capsys):
+    """``--family two-premise``: the bundled model (trained on single premises) reads the first
+    premise whatever the minor premise says, so the logit-diff filter keeps no prompt of that
+    family and discovery stops with a one-line error, where the study family drafts claims."""
+    argv = ["--model", "bundled", *ARGS, "--family", "two-premise"]
+    code, out, err = _discover(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert "kept 0/" in err
+    assert len(err.strip().splitlines()) == 1
+    unfiltered = ["--model", "random:bundled", *ARGS, "--no-logit-diff-filter"]
+    code, _, err = _discover(capsys, *unfiltered, "--family", "two-premise")
+    assert code == 2  # a metric error (no gap between the baselines) is one line, not a traceback
+    assert err.startswith("error: clean")
+    assert "baselines are within" in err
+    with pytest.raises(SystemExit):
+        main(["discover", "--model", "bundled", "--family", "no-such-family"])
+    assert "no-such-family" in capsys.readouterr().err
+
+
 def test_movers_in_layer_zero_draft_no_query_influencers():
     roles = {"bos": 0, "descriptor": 1, "final": 2}
     n_heads = 2
@@ -142,6 +162,12 @@ def test_movers_in_layer_zero_draft_no_query_influencers():
     )
     text = draft_claims(found, "bundled", None, "unfiltered", "python -m circuit discover", 1, 2)
     claims = parse_claim_text(text)
+    assert claims.dataset.family == "study"
+    assert "family" not in text
+    family = parse_claim_text(
+        draft_claims(found, "bundled", None, "study", "x", 1, 2, family="two-premise")
+    )
+    assert family.dataset.family == "two-premise"
     assert [c.kind for c in claims.claims] == ["word-movers", "value-position"]
     assert "query-influencers: not drafted (every mover is in layer 0" in text
     assert "WARNING" not in text  # warnings come from notes(), passed by the command

@@ -43,10 +43,10 @@ from circuit.kinds.measurements import Subject
 from circuit.measurement_store import MeasurementStore, SubjectKey
 from circuit.pipeline.judging import (
     MeasuredCase,
-    _fingerprint,
     failed_case,
     judge_run,
     measure_case,
+    subject_fingerprint,
 )
 from circuit.pipeline.model_cache import ModelCache
 from circuit.reports import ClaimRecord
@@ -294,7 +294,7 @@ class DatasetFuzzer:
                 seed=recipe.seed,
                 n_pairs=recipe.n_pairs,
             )
-            fingerprint = _fingerprint(self.model, dataset, self.store)
+            fingerprint = subject_fingerprint(self.model, dataset, self.store)
             self._subjects[recipe] = Subject(self.model, dataset, key, self.store, fingerprint)
         return self._subjects[recipe]
 

@@ -251,10 +251,10 @@ def subject_for(case: ClaimCase, models: ModelCache, store: MeasurementStore) ->
         n_pairs=recipe.n_pairs,
         family=recipe.family,
     )
-    return Subject(model, dataset, key, store, _fingerprint(model, dataset, store))
+    return Subject(model, dataset, key, store, subject_fingerprint(model, dataset, store))
 
 
-def _fingerprint(model, dataset, store: MeasurementStore) -> str:
+def subject_fingerprint(model, dataset, store: MeasurementStore) -> str:
     """Weights, dataset and measuring code: only computed when a disk cache is used."""
     if store.cache_dir is None:
         return ""

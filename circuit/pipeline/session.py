@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from circuit.claims import ClaimCase
+from circuit.fuzzing.engine import FuzzRun, FuzzTarget, judge_with_fuzz
 from circuit.measurement_store import MeasurementStore
 from circuit.models import default_revision
 from circuit.pipeline.cases import prepare_cases
@@ -25,9 +26,6 @@ from circuit.pipeline.judging import CaseEvidence, judge_cases, measure_cases, r
 from circuit.pipeline.model_cache import ModelCache
 from circuit.pipeline.options import ClaimOptions, ClaimSetupError, check_options
 from circuit.reports import ClaimRecord
-
-if TYPE_CHECKING:
-    from circuit.fuzzing.engine import FuzzRun, FuzzTarget
 
 
 def environment(
@@ -91,9 +89,9 @@ class ClaimSession:
     """This process's share of a distributed run (a pytest-xdist worker), else None."""
     fuzz_examples: int = 0
     """Datasets drawn per claim (``--claims-fuzz``; 0: no fuzzing; docs/fuzzing.md)."""
-    fuzz_targets: list["FuzzTarget"] = field(default_factory=list)
+    fuzz_targets: list[FuzzTarget] = field(default_factory=list)
     """The claims whose ``-fuzz`` items are selected."""
-    fuzz: "FuzzRun | None" = None
+    fuzz: FuzzRun | None = None
     """Their fuzz results, judged in the same correction as the regular cases."""
 
     def prepare(self) -> list[ClaimCase]:
@@ -122,8 +120,6 @@ class ClaimSession:
             else:
                 self.records = self._judged_as_worker(self.share, progress)
             if self.fuzz_targets:  # re-judged with every fuzz judgement in one correction
-                from circuit.fuzzing.engine import judge_with_fuzz
-
                 self.records, self.fuzz = judge_with_fuzz(
                     self.selected,
                     self.records,

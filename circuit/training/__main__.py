@@ -64,10 +64,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--corpus",
         default=defaults.corpus,
-        choices=["v3", "v4"],
-        help="v3: single-premise templates (the shipped model); v4: mostly multi-premise prompts",
+        choices=["v3", "v4", "v5", "v6", "v7"],
+        help="v3: single-premise templates; v4, v5: mostly multi-premise prompts",
+    )
+    parser.add_argument(
+        "--answer-weight",
+        type=float,
+        default=defaults.answer_weight,
+        help="loss weight of each conclusion's answer token (others: 1)",
     )
     parser.add_argument("--max-positions", type=int, default=shape.max_positions)
+    parser.add_argument(
+        "--rotary-pct", type=float, default=shape.rotary_pct, help="share of head dims rotated"
+    )
     parser.add_argument("--no-card", action="store_true", help="skip evaluation and the card")
     return parser.parse_args(argv)
 
@@ -84,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         n_heads=args.heads,
         d_mlp=args.d_mlp,
         max_positions=args.max_positions,
+        rotary_pct=args.rotary_pct,
     )
     config = TrainConfig(
         seed=args.seed,
@@ -96,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         random_opposite_rate=args.random_opposite_rate,
         extra_descriptors=not args.no_extra_descriptors,
         corpus=args.corpus,
+        answer_weight=args.answer_weight,
         shape=shape,
     )
     out: Path = args.out

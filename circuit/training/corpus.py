@@ -129,7 +129,26 @@ MULTI_PREMISE_WEIGHTS: Final[dict[str, float]] = {
 """Sampling weights of the ``v4`` (multi-premise) corpus: the single-premise templates by
 name, and ``composed``: a multi-premise prompt composed at random (:func:`compose`)."""
 
-CORPORA: Final[dict[str, dict[str, float]]] = {"v3": TEMPLATE_WEIGHTS, "v4": MULTI_PREMISE_WEIGHTS}
+QUERY_HEAVY_WEIGHTS: Final[dict[str, float]] = {
+    "study": 0.06,
+    "plain": 0.03,
+    "not_but": 0.01,
+    "swapped": 0.02,
+    "so": 0.01,
+    "hence": 0.01,
+    "distractor": 0.01,
+    "composed": 0.85,
+}
+"""Sampling weights of the ``v5`` corpus: ``v4`` with more composed prompts, each asking
+more questions (:data:`COMPOSITIONS`)."""
+
+CORPORA: Final[dict[str, dict[str, float]]] = {
+    "v3": TEMPLATE_WEIGHTS,
+    "v4": MULTI_PREMISE_WEIGHTS,
+    "v5": QUERY_HEAVY_WEIGHTS,
+    "v6": {**{name: 0.8 * weight for name, weight in QUERY_HEAVY_WEIGHTS.items()}, "repeated": 0.2},
+    "v7": {**{name: 0.8 * weight for name, weight in QUERY_HEAVY_WEIGHTS.items()}, "repeated": 0.2},
+}
 """Training corpora by name (``python -m circuit.training --corpus``)."""
 
 TRAINING_TEMPLATES: Final[dict[str, str]] = {
@@ -141,8 +160,10 @@ TRAINING_TEMPLATES: Final[dict[str, str]] = {
         "about another noun); a conclusion '{Therefore,|So|Hence,|Thus,} {noun} are'; after "
         "the answer, up to two more minor premises and conclusions about new nouns; any "
         f"conclusion, with probability {DIRECT_QUERY}, asks about a premise's category "
-        "directly ('Therefore, all {category_k} are', no minor premise)"
+        "directly ('Therefore, all {category_k} are', no minor premise); corpora v5-v7 ask "
+        "more questions and more often directly (their Composition)"
     ),
+    "repeated": "6-16 training words said twice ('fish aquatic owls. fish aquatic owls.')",
 }
 """What each training-corpus entry renders (for the model card)."""
 
@@ -295,6 +316,25 @@ EXTRA_CONCLUSIONS: Final[tuple[float, ...]] = (0.5, 0.25)
 the first answer of a composed prompt, each about a new noun and a random premise."""
 
 
+@dataclass(frozen=True)
+class Composition:
+    """How :func:`compose` draws a multi-premise prompt (one per corpus)."""
+
+    direct_query: float = DIRECT_QUERY
+    """Probability that a conclusion asks about a premise's category directly."""
+    extra_conclusions: tuple[float, ...] = EXTRA_CONCLUSIONS
+    """Probabilities of each further minor premise + conclusion after the first answer."""
+
+
+COMPOSITIONS: Final[dict[str, Composition]] = {
+    "v4": Composition(),
+    "v5": Composition(direct_query=0.4, extra_conclusions=(0.8, 0.6)),
+    "v6": Composition(direct_query=0.4, extra_conclusions=(0.9,) * 6),
+    "v7": Composition(direct_query=0.4, extra_conclusions=(0.9,) * 6),
+}
+"""Composition of each corpus that has ``composed`` entries."""
+
+
 def _conclusion(rng: random.Random, noun: str) -> str:
     return rng.choice(CONCLUSIONS).format(noun=noun.lower())
 
@@ -305,6 +345,7 @@ def compose(
     nouns: Sequence[str],
     pairs: Sequence[tuple[str, str]],
     random_opposite_rate: float,
+    composition: Composition = COMPOSITIONS["v4"],
 ) -> Syllogism:
     """A multi-premise prompt composed at random (the ``composed`` training entry).
 
@@ -320,7 +361,7 @@ def compose(
     """
     k = 3 if rng.random() < 1 / 3 else 2
     premises = _premises(rng, k, pairs, random_opposite_rate)
-    chosen_nouns = rng.sample(list(dict.fromkeys(nouns)), 4)
+    chosen_nouns = rng.sample(list(dict.fromkeys(nouns)), 2 + len(composition.extra_conclusions))
     noun, other = chosen_nouns[:2]
     lowered = {n.lower() for n in chosen_nouns}
     pool = [c for c in categories if c not in lowered]
@@ -343,18 +384,19 @@ def compose(
     else:
         cut = rng.randrange(1, k)
         body = sentences[:cut] + minor + sentences[cut:]
-    if rng.random() < DIRECT_QUERY:
+    if rng.random() < composition.direct_query:
         body, first = sentences, _conclusion(rng, f"all {cats[answer]}")
     else:
         first = _conclusion(rng, noun)
     prompt = rng.choice(PREFIXES) + " ".join(body) + " " + first
     distractor = premises[(answer + 1) % k][0]
     tail = ""
-    for extra_noun, probability in zip(chosen_nouns[2:], EXTRA_CONCLUSIONS, strict=True):
+    extras = zip(chosen_nouns[2:], composition.extra_conclusions, strict=True)
+    for extra_noun, probability in extras:
         if rng.random() >= probability:
             break
         which = rng.randrange(k)
-        if rng.random() < DIRECT_QUERY:
+        if rng.random() < composition.direct_query:
             tail += f" {_conclusion(rng, f'all {cats[which]}')} {premises[which][0]}."
         else:
             answer_word = premises[which][0]
@@ -362,6 +404,26 @@ def compose(
                 f" {extra_noun} are {cats[which]}. {_conclusion(rng, extra_noun)} {answer_word}."
             )
     return Syllogism("composed", prompt, premises[answer][0], distractor, tail)
+
+
+def _repeat_words(categories: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    nouns = [noun.lower() for noun in dict.fromkeys(TRAIN_NOUNS)]
+    return [*categories, *nouns, *(word for pair in pairs for word in pair)]
+
+
+REPEAT_LENGTHS: Final[tuple[int, int]] = (6, 16)
+"""Least and most words of a ``repeated`` sequence."""
+
+
+def repeated(rng: random.Random, words: Sequence[str], pool: int = 0) -> str:
+    """A random sequence of training words, said twice (``"fish aquatic owls. fish aquatic
+    owls."``): the second half is predictable only by looking back one match at a time
+    (induction), the look-up that finding a premise by its category builds on. ``pool``: draw
+    from that many words only (with repeats), so that one word back rarely says what comes
+    next and the look-up must match two or three words back."""
+    chosen = rng.sample(list(words), pool) if pool else list(words)
+    sequence = " ".join(rng.choices(chosen, k=rng.randint(*REPEAT_LENGTHS)))
+    return f"{sequence}. {sequence}."
 
 
 def training_texts(
@@ -390,8 +452,14 @@ def training_texts(
     texts = []
     for _ in range(n):
         template = rng.choices(names, weights)[0]
+        if template == "repeated":
+            pool = rng.randint(3, 6) if corpus == "v7" else 0
+            texts.append(repeated(rng, _repeat_words(categories, pairs), pool))
+            continue
         if template == "composed":
-            syllogism = compose(rng, categories, TRAIN_NOUNS, pairs, random_opposite_rate)
+            syllogism = compose(
+                rng, categories, TRAIN_NOUNS, pairs, random_opposite_rate, COMPOSITIONS[corpus]
+            )
         else:
             syllogism = _sample(rng, template, categories, TRAIN_NOUNS, pairs, random_opposite_rate)
         texts.append(syllogism.text)

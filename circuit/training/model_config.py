@@ -70,6 +70,8 @@ class TrainConfig:
     eval_every: int = 25
     eval_prompts: int = 128
     threads: int = 1
+    answer_weight: float = 1.0
+    """Loss weight of each conclusion's answer token (every other token: 1)."""
     corpus: str = "v3"
     """Training corpus (``circuit.training.corpus.CORPORA``): ``v3`` single-premise, the
     shipped model's; ``v4`` multi-premise (needs ``max_positions`` >= 96)."""

@@ -5,6 +5,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 import torch
 from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerBase
@@ -44,15 +45,55 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
 
 
-def lm_loss(model: GPTNeoXForCausalLM, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over real (non-padding) targets of ``tokens [n, T]``."""
+CONCLUSION_OPENERS: Final[tuple[str, ...]] = ("Therefore", "So", "Hence", "Thus")
+"""Words that open a conclusion; the token after the conclusion's next " are" is its answer."""
+
+
+def conclusion_answers(tokenizer: PreTrainedTokenizerBase, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n, T-1]`` bool: target ``j`` (token ``j+1``) answers a conclusion, i.e. token ``j`` is
+    the first " are" after a conclusion opener (with or without a leading space)."""
+    openers = {
+        tokenizer(form, add_special_tokens=False)["input_ids"][0]
+        for word in CONCLUSION_OPENERS
+        for form in (word, " " + word)
+    }
+    are = tokenizer(" are", add_special_tokens=False)["input_ids"][0]
+    marks = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
+    for i, row in enumerate(tokens[:, :-1].tolist()):
+        armed = False
+        for j, token in enumerate(row):
+            if token in openers:
+                armed = True
+            elif armed and token == are:
+                marks[i, j] = True
+                armed = False
+    return marks
+
+
+def lm_loss(
+    model: GPTNeoXForCausalLM,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy over real (non-padding) targets of ``tokens [n, T]``: the
+    mean, or with ``weights [n, T-1]`` the weighted mean."""
     logits = model(input_ids=tokens).logits[:, :-1]
     targets = tokens[:, 1:].clone()
     positions = torch.arange(1, tokens.shape[1]).unsqueeze(0)
     targets[positions >= lengths.unsqueeze(1)] = -100
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-    )
+    if weights is None:
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view_as(weights)
+    real = (targets != -100).float() * weights
+    return (losses * real).sum() / real.sum()
 
 
 def heldout_probe(
@@ -74,10 +115,11 @@ def heldout_probe(
         result[f"{split}_accuracy"] = accuracy
         result[f"{split}_logit_diff"] = diff
     if multi_premise:
-        prompts = evaluation_prompts("two_premise", "heldout", n, seed=1)
-        result["two_premise_accuracy"], result["two_premise_logit_diff"] = score(
-            model, tokenizer, prompts
-        )
+        for template in ("two_premise", "two_premise_late"):
+            prompts = evaluation_prompts(template, "heldout", n, seed=1)
+            result[f"{template}_accuracy"], result[f"{template}_logit_diff"] = score(
+                model, tokenizer, prompts
+            )
     model.train()
     return result
 
@@ -129,7 +171,10 @@ def _train(
             config.corpus,
         )
         tokens, lengths = encode_texts(tokenizer, texts, append_eos=True)
-        loss = lm_loss(model, tokens, lengths)
+        weights = None
+        if config.answer_weight != 1.0:
+            weights = 1.0 + (config.answer_weight - 1.0) * conclusion_answers(tokenizer, tokens)
+        loss = lm_loss(model, tokens, lengths, weights)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -138,7 +183,7 @@ def _train(
         done = step + 1
         if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
             probe = heldout_probe(
-                model, tokenizer, config.eval_prompts, multi_premise=config.corpus == "v4"
+                model, tokenizer, config.eval_prompts, multi_premise=config.corpus != "v3"
             )
             result.evals.append({"step": done, "loss": result.losses[-1], **probe})
             log(
@@ -148,6 +193,7 @@ def _train(
                 + (
                     f"two-premise acc {probe['two_premise_accuracy']:.3f} "
                     f"ld {probe['two_premise_logit_diff']:.2f} "
+                    f"late acc {probe['two_premise_late_accuracy']:.3f} "
                     if "two_premise_accuracy" in probe
                     else ""
                 )

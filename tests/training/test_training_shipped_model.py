@@ -120,3 +120,14 @@ def _score(directory, prompts) -> tuple[float, float]:
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     model = GPTNeoXForCausalLM.from_pretrained(str(directory), dtype="float32").eval()
     return score(model, tokenizer, prompts)
+
+
+def test_the_shipped_model_was_trained_with_the_default_config():
+    """``python -m circuit.training`` with no options retrains the shipped files: the config in
+    the shipped training log is the default one (JSON turns tuples into lists)."""
+    import json
+
+    from circuit.training.model_config import TrainConfig
+
+    shipped = json.loads((DEFAULT_DIR / "training_log.json").read_text())["config"]
+    assert shipped == json.loads(json.dumps(TrainConfig().to_dict()))

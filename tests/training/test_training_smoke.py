@@ -114,4 +114,91 @@ def test_the_multi_premise_corpus_makes_the_minor_premise_decide():
     assert sum(text.count("All ") >= 2 for text in texts) > 100
     assert training_texts(random.Random(1), 50) == training_texts(random.Random(1), 50, 0.9)
     with pytest.raises(ValueError, match="unknown corpus"):
-        training_texts(random.Random(1), 1, corpus="v5")
+        training_texts(random.Random(1), 1, corpus="v9")
+
+
+def test_query_heavy_corpora_ask_more_and_repeat_word_sequences():
+    """``v5`` asks up to three questions per composed sequence, ``v6``/``v7`` up to seven and
+    add ``repeated`` sequences (``v7``: drawn from 3-6 words, so one word back is ambiguous)."""
+    import random
+
+    from circuit.training.corpus import training_texts
+    from circuit.training.words import HELDOUT_CATEGORIES, HELDOUT_NOUNS
+
+    def questions(text: str) -> int:
+        return sum(text.count(opener) for opener in ("Therefore,", "So ", "Hence,", "Thus,"))
+
+    v4, v5, v6, v7 = (
+        training_texts(random.Random(2), 300, corpus=c) for c in ("v4", "v5", "v6", "v7")
+    )
+    assert sum(map(questions, v4)) < sum(map(questions, v5)) < sum(map(questions, v6))
+    assert max(map(questions, v6)) > 3
+    distinct = {}
+    for name, texts in (("v6", v6), ("v7", v7)):
+        repeats = [t for t in texts if "All " not in t and " are " not in t]
+        assert 30 < len(repeats) < 100
+        for text in repeats:
+            first, second = text[:-1].split(". ")
+            assert first == second
+        distinct[name] = [len(set(t.split(". ")[0].split())) for t in repeats]
+    assert max(distinct["v7"]) <= 6
+    assert sum(n > 6 for n in distinct["v6"]) > len(distinct["v6"]) / 2
+    every_word = {word.strip(".,").lower() for text in v5 + v6 + v7 for word in text.split()}
+    assert not every_word & {w.lower() for w in (*HELDOUT_CATEGORIES, *HELDOUT_NOUNS)}
+
+
+def test_conclusion_answers_mark_the_token_after_each_conclusion(tokenizer):
+    from circuit.training.metrics import encode_texts
+    from circuit.training.train import conclusion_answers
+
+    text = (
+        "All fish are aquatic. Owls are fish. Therefore, owls are aquatic. So all fish are aquatic."
+    )
+    tokens, _ = encode_texts(tokenizer, [text], append_eos=True)
+    marks = conclusion_answers(tokenizer, tokens)
+    targets = tokens[0, 1:][marks[0]].tolist()
+    aquatic = tokenizer(" aquatic", add_special_tokens=False)["input_ids"][0]
+    assert targets == [aquatic, aquatic]
+    assert marks.sum() == 2
+
+
+def test_weighted_loss_with_unit_weights_is_the_plain_loss(tokenizer):
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    from circuit.training.metrics import encode_texts
+    from circuit.training.train import lm_loss
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(TINY.hf_config(len(tokenizer)))
+    tokens, lengths = encode_texts(tokenizer, ["All fish are aquatic.", "Owls are fish."], True)
+    plain = lm_loss(model, tokens, lengths)
+    ones = torch.ones(tokens.shape[0], tokens.shape[1] - 1)
+    torch.testing.assert_close(lm_loss(model, tokens, lengths, ones), plain)
+    heavier = ones.clone()
+    heavier[0, 2] = 50.0
+    assert not torch.isclose(lm_loss(model, tokens, lengths, heavier), plain)
+
+
+def test_answer_weight_changes_training_only_when_set(tokenizer):
+    import dataclasses
+
+    plain = train(_config(3), tokenizer, log=lambda _: None).losses
+    unit = train(dataclasses.replace(_config(3), answer_weight=1.0), tokenizer, log=lambda _: None)
+    weighted = train(
+        dataclasses.replace(_config(3), answer_weight=10.0, corpus="v5"),
+        tokenizer,
+        log=lambda _: None,
+    )
+    assert unit.losses == plain
+    assert weighted.losses != plain
+
+
+def test_every_corpus_is_described_for_the_model_card():
+    from circuit.training.card import CORPUS_NOTES
+    from circuit.training.corpus import CORPORA, TRAINING_TEMPLATES
+
+    assert set(CORPUS_NOTES) == set(CORPORA)
+    for corpus, weights in CORPORA.items():
+        assert abs(sum(weights.values()) - 1.0) < 1e-9, corpus
+        assert set(weights) <= set(TRAINING_TEMPLATES), corpus
