@@ -142,6 +142,10 @@ TRIED: tuple[str, ...] = (
     "0.48 at step 2200. Stopped.",
     "v6 with `--answer-weight 10` (each conclusion's answer token weighs 10 in the loss): "
     "probe 0.48 at step 900. Stopped.",
+    "v6 planned for 20,000 steps (`--corpus v6 --rotary-pct 1.0 --max-positions 160 --lr "
+    "2e-3 --steps 20000`: the cosine schedule keeps the rate near its peak for thousands of "
+    "steps): the probe stayed between 0.40 and 0.59 from step 500 to step 2750 "
+    "(two_premise_late 0.38-0.61). Stopped at step 2750 for the session's time.",
     "Look-up only (an experiment script: direct queries only, up to seven per sequence): "
     "direct 0.59 at step 500, 0.45 at step 1000. With every premise in a form that puts the "
     "descriptor two tokens after its category, 20% repeats, answer weight 10 and lr 3e-3: "
