@@ -8,7 +8,7 @@ wrong answer the first token of ``" {opposite}"``.
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 from circuit.training.words import (
@@ -142,12 +142,19 @@ QUERY_HEAVY_WEIGHTS: Final[dict[str, float]] = {
 """Sampling weights of the ``v5`` corpus: ``v4`` with more composed prompts, each asking
 more questions (:data:`COMPOSITIONS`)."""
 
+WITH_REPEATS: Final[dict[str, float]] = {
+    **{name: 0.8 * weight for name, weight in QUERY_HEAVY_WEIGHTS.items()},
+    "repeated": 0.2,
+}
+"""Sampling weights of the ``v6`` and ``v7`` corpora: ``v5``'s, scaled to make room for 20%
+``repeated`` word sequences."""
+
 CORPORA: Final[dict[str, dict[str, float]]] = {
     "v3": TEMPLATE_WEIGHTS,
     "v4": MULTI_PREMISE_WEIGHTS,
     "v5": QUERY_HEAVY_WEIGHTS,
-    "v6": {**{name: 0.8 * weight for name, weight in QUERY_HEAVY_WEIGHTS.items()}, "repeated": 0.2},
-    "v7": {**{name: 0.8 * weight for name, weight in QUERY_HEAVY_WEIGHTS.items()}, "repeated": 0.2},
+    "v6": WITH_REPEATS,
+    "v7": WITH_REPEATS,
 }
 """Training corpora by name (``python -m circuit.training --corpus``)."""
 
@@ -324,13 +331,17 @@ class Composition:
     """Probability that a conclusion asks about a premise's category directly."""
     extra_conclusions: tuple[float, ...] = EXTRA_CONCLUSIONS
     """Probabilities of each further minor premise + conclusion after the first answer."""
+    repeat_pool: tuple[int, int] | None = None
+    """``repeated`` sequences draw from between these many words (None: from all of them)."""
 
+
+_MANY_QUESTIONS = Composition(direct_query=0.4, extra_conclusions=(0.9,) * 6)
 
 COMPOSITIONS: Final[dict[str, Composition]] = {
     "v4": Composition(),
     "v5": Composition(direct_query=0.4, extra_conclusions=(0.8, 0.6)),
-    "v6": Composition(direct_query=0.4, extra_conclusions=(0.9,) * 6),
-    "v7": Composition(direct_query=0.4, extra_conclusions=(0.9,) * 6),
+    "v6": _MANY_QUESTIONS,
+    "v7": replace(_MANY_QUESTIONS, repeat_pool=(3, 6)),
 }
 """Composition of each corpus that has ``composed`` entries."""
 
@@ -449,16 +460,18 @@ def training_texts(
     categories = TRAIN_CATEGORIES if corpus == "v3" else TRAIN_CATEGORY_POOL
     names = list(table)
     weights = [table[name] for name in names]
+    composition = COMPOSITIONS.get(corpus, COMPOSITIONS["v4"])
+    repeat_words = _repeat_words(categories, pairs) if "repeated" in table else []
     texts = []
     for _ in range(n):
         template = rng.choices(names, weights)[0]
         if template == "repeated":
-            pool = rng.randint(3, 6) if corpus == "v7" else 0
-            texts.append(repeated(rng, _repeat_words(categories, pairs), pool))
+            pool = rng.randint(*composition.repeat_pool) if composition.repeat_pool else 0
+            texts.append(repeated(rng, repeat_words, pool))
             continue
         if template == "composed":
             syllogism = compose(
-                rng, categories, TRAIN_NOUNS, pairs, random_opposite_rate, COMPOSITIONS[corpus]
+                rng, categories, TRAIN_NOUNS, pairs, random_opposite_rate, composition
             )
         else:
             syllogism = _sample(rng, template, categories, TRAIN_NOUNS, pairs, random_opposite_rate)
