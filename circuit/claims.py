@@ -24,6 +24,7 @@ A claim file is TOML, one per model::
     roles = { attends_to = "descriptor" }
     thresholds = { share = 0.5, top_k = 3, spearman = 0.3 }
     variants = ["heldout"]                # optional; defaults to [dataset].variants
+    family = "two-premise"                # optional; defaults to [dataset].family
 
 Which head lists, roles and thresholds a kind needs is declared in :data:`KIND_SCHEMAS`
 (data, checked here); what a kind measures lives in ``circuit.kinds``. Every problem is a
@@ -33,7 +34,7 @@ Which head lists, roles and thresholds a kind needs is declared in :data:`KIND_S
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -95,6 +96,8 @@ class Claim:
         default_factory=lambda: MappingProxyType({})
     )
     """The kind's further fields (see :attr:`KindSchema.options`), as stated."""
+    family: str | None = None
+    """The prompt family this claim is judged on; None: the file's ``[dataset]`` family."""
 
     @property
     def primary_heads(self) -> tuple[Head, ...]:
@@ -271,7 +274,8 @@ def _parse_claim(raw: object, index: int, recipe: DatasetRecipe, path: Path) -> 
     if kind not in KINDS:
         raise ctx.error(f"unknown kind {kind!r}; known kinds: {sorted(KINDS)}")
     schema = KINDS[kind].schema
-    allowed = {"id", "kind", "roles", "thresholds", "variants", "description", *schema.heads}
+    allowed = {"id", "kind", "roles", "thresholds", "variants", "description", "family"}
+    allowed |= set(schema.heads)
     allowed |= set(schema.options)
     unknown = set(raw) - allowed
     if unknown:
@@ -326,6 +330,9 @@ def _parse_claim(raw: object, index: int, recipe: DatasetRecipe, path: Path) -> 
     if not isinstance(description, str):
         raise ctx.error("description must be a string")
     options = _parse_options(raw, schema, ctx)
+    family = raw.get("family")
+    if family is not None and family not in FAMILIES:
+        raise ctx.error(f"family must be one of {list(FAMILIES)}, got {family!r}")
     claim = Claim(
         id=claim_id,
         kind=kind,
@@ -335,6 +342,7 @@ def _parse_claim(raw: object, index: int, recipe: DatasetRecipe, path: Path) -> 
         variants=variants,
         description=description,
         options=options,
+        family=family,
     )
     _check_kind_consistency(claim, ctx)
     return claim
@@ -473,6 +481,14 @@ class ClaimCase:
         ``@step400`` appended in a run over several revisions)."""
         suffix = f"@{self.revision}" if self.revision_in_id else ""
         return f"{self.prefix}{self.claim.label}-{self.variant}{suffix}"
+
+    @property
+    def dataset(self) -> DatasetRecipe:
+        """The recipe this case's dataset is built from: the file's, in the claim's family."""
+        family = self.claim.family
+        if family is None or family == self.file.dataset.family:
+            return self.file.dataset
+        return replace(self.file.dataset, family=family)
 
     @property
     def key(self) -> tuple[str, str, str | None, str, str]:

@@ -389,3 +389,27 @@ def test_dataset_family_and_query_receiver_input_parse():
     bad = text.replace('receiver_input = "k"', 'receiver_input = "z"')
     with pytest.raises(ClaimFileError, match="receiver_input"):
         parse_claim_text(bad, "x.toml")
+
+
+def test_a_claim_may_name_its_own_family():
+    from circuit.claims import ClaimCase
+
+    text = VALID.replace(
+        "thresholds = { top_k = 1, effect = 0.01 }",
+        'thresholds = { top_k = 1, effect = 0.01 }\nfamily = "two-premise"',
+    )
+    parsed = parse_claim_text(text, "x.toml")
+    own, inherited = parsed.claims[2], parsed.claims[0]
+    assert (own.family, inherited.family) == ("two-premise", None)
+    assert ClaimCase(parsed, own, "heldout", "bundled", None).dataset.family == "two-premise"
+    case = ClaimCase(parsed, inherited, "heldout", "bundled", None)
+    assert case.dataset == parsed.dataset  # the file's recipe, untouched
+    from circuit.pipeline import judging
+
+    # the same variant in two families is two datasets: never one shared subject or gap
+    other = ClaimCase(parsed, own, "heldout", "bundled", None)
+    assert judging._subject_key(other) != judging._subject_key(case)
+    assert judging._subject_name(other) != judging._subject_name(case)
+    bad = text.replace('family = "two-premise"', 'family = "three-premise"')
+    with pytest.raises(ClaimFileError, match=r"queries.*family must be one of"):
+        parse_claim_text(bad, "x.toml")

@@ -313,7 +313,7 @@ API_CASES: tuple[ApiCase, ...] = (
             ("'bundlde'", "neither 'bundled'")),
     ApiCase("load_model bundled step999",
             lambda c: lambda: load_model("bundled", revision="step999"), ModelSpecError,
-            ("no revision 'step999'", "step800")),
+            ("no revision 'step999'", "step3000")),
     ApiCase("load_model revision of random weights",
             lambda c: lambda: load_model("random:bundled", revision="step1"), ModelSpecError,
             ("random:bundled", "no revisions", "'step1'")),

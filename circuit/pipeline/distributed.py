@@ -1,14 +1,17 @@
 """Claims judged across pytest-xdist workers: workers measure, every process judges alike.
 
 Benjamini-Hochberg makes each verdict depend on every p-value of the run, so a worker cannot
-judge its cases alone. Each worker measures its share of the run's cases (case ``i`` goes to
-worker ``i mod N``; within a worker, cases are measured grouped by model and revision, so
-each model and revision loads at most once per worker), writes the measurements to an
-exchange directory the controller made, waits until every worker has written its share,
-and then judges the whole run exactly as a serial run does (the same cases in the same
-order, so the same corrected p-values and verdicts). The controller reads the same files
-once the workers are done and writes the reports, so a run with ``-n N`` gives the serial
-run's JSON report.
+judge its cases alone. Workers take the run's cases from one queue: each walks the cases in
+the serial order (grouped by model and revision) and measures a case only if it is the first
+to take it (:func:`take`, an atomic file in the exchange directory), so a worker that drew a
+cheap case goes on to the next one while another is still busy with an expensive one, and
+since every worker walks forward through the same order, each model and revision loads at
+most once per worker. A worker writes its measurements to the exchange directory the
+controller made, waits until every worker has written its share, and then judges the whole
+run exactly as a serial run does (the same cases in the same order, so the same corrected
+p-values and verdicts; which worker measured a case does not change its numbers). The
+controller reads the same files once the workers are done and writes the reports, so a run
+with ``-n N`` gives the serial run's JSON report.
 
 Resources: on CPU each worker takes its share of the cores (``torch`` threads = cores /
 workers), since oversubscribed torch threads slow every process down; on a machine with
@@ -50,9 +53,17 @@ class Share:
         return f"gw{self.index}"
 
 
-def share_of(cases: Sequence[ClaimCase], index: int, count: int) -> list[ClaimCase]:
-    """The cases worker ``index`` of ``count`` measures: every ``count``-th, from ``index``."""
-    return [case for position, case in enumerate(cases) if position % count == index]
+def take(share: Share, position: int) -> bool:
+    """Take case ``position`` (in the run's serial order) for this worker: True for exactly one
+    worker of the run, whichever asks first (an exclusively created file names the taker)."""
+    marker = share.directory / f"taken-{position}"
+    try:
+        descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "w") as file:
+        file.write(share.name)
+    return True
 
 
 def worker_resources(

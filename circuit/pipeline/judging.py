@@ -125,8 +125,11 @@ def judge_run(measured: Sequence[MeasuredCase]) -> list[ClaimRecord]:
 
 
 def _subject_name(case: ClaimCase) -> str:
-    recipe = case.file.dataset
-    return f"{case.model}@{case.revision}/{case.variant}/{recipe.seed}/{recipe.n_pairs}"
+    recipe = case.dataset
+    return (
+        f"{case.model}@{case.revision}/{recipe.family}/{case.variant}/{recipe.seed}/"
+        f"{recipe.n_pairs}"
+    )
 
 
 @dataclass(frozen=True)
@@ -165,10 +168,13 @@ def measure_cases(
     progress: Callable[[str], None] | None = None,
     keep: dict[tuple, CaseEvidence] | None = None,
     seconds: dict[str, float] | None = None,
+    take: Callable[[int], bool] | None = None,
 ) -> list[MeasuredCase]:
     """Measure every case (one dataset per model x revision x variant), in the order given;
     with ``keep``, also fill it with each measured case's :class:`CaseEvidence` (for
-    figures); with ``seconds``, the time spent on each ``model@revision``.
+    figures); with ``seconds``, the time spent on each ``model@revision``; with ``take``,
+    only the cases ``take(index)`` grants, asked just before each would be measured (a
+    pytest-xdist worker's share, :func:`circuit.pipeline.distributed.take`).
 
     Cases are measured grouped by model and revision, each group's model loaded once and
     released before the next loads (unless ``keep`` holds on to its subjects). A case that
@@ -186,19 +192,23 @@ def measure_cases(
         start = time.perf_counter()
         subjects: dict[tuple, Subject | str] = {}
         for index in indices:
+            if take is not None and not take(index):
+                continue
             case = cases[index]
             measured[index] = _measure_in_group(case, models, store, subjects, keep, progress)
+        if not subjects:
+            continue
         subjects.clear()
         if keep is None:
             models.release()
         if seconds is not None:
             seconds[f"{model}@{revision or 'default'}"] = time.perf_counter() - start
-    return [measured[i] for i in range(len(cases))]
+    return [measured[i] for i in sorted(measured)]
 
 
 def _subject_key(case: ClaimCase) -> tuple:
-    recipe = case.file.dataset
-    return (case.model, case.revision, case.variant, recipe.seed, recipe.n_pairs)
+    recipe = case.dataset
+    return (case.model, case.revision, recipe.family, case.variant, recipe.seed, recipe.n_pairs)
 
 
 def _measure_in_group(
@@ -233,7 +243,7 @@ def subject_for(case: ClaimCase, models: ModelCache, store: MeasurementStore) ->
     model = models.get(case.model, case.revision)
     if model is None:
         return models.unavailable_reason(case.model, case.revision) or "model unavailable"
-    recipe = case.file.dataset
+    recipe = case.dataset
     overrides = {} if recipe.n_pairs is None else {"n_pairs": recipe.n_pairs}
     if recipe.family != "study":
         overrides["family"] = recipe.family

@@ -21,7 +21,7 @@ from circuit.fuzzing.engine import FuzzRun, FuzzTarget, judge_with_fuzz
 from circuit.measurement_store import MeasurementStore
 from circuit.models import default_revision
 from circuit.pipeline.cases import prepare_cases
-from circuit.pipeline.distributed import Share, gather, share_of, wait_for_shares, write_share
+from circuit.pipeline.distributed import Share, gather, take, wait_for_shares, write_share
 from circuit.pipeline.judging import CaseEvidence, judge_cases, measure_cases, records_by_key
 from circuit.pipeline.model_cache import ModelCache
 from circuit.pipeline.options import ClaimOptions, ClaimSetupError, check_options
@@ -32,7 +32,7 @@ def environment(
     options: ClaimOptions, models: ModelCache, cases: Sequence[ClaimCase] = ()
 ) -> dict[str, Any]:
     """The run's environment for the JSON report and the header; ``revision`` is the one the
-    run's cases load (by name, e.g. the bundled model's final ``step800``) when they share one."""
+    run's cases load (by name, e.g. the bundled model's final ``step3000``) when they share one."""
 
     def version(name: str) -> str:
         try:
@@ -134,10 +134,16 @@ class ClaimSession:
     def _judged_as_worker(
         self, share: Share, progress: Callable[[str], None] | None
     ) -> dict[tuple, ClaimRecord]:
-        """Measure this worker's share, exchange, then judge the whole run as a serial run."""
-        own = share_of(self.selected, share.index, share.count)
+        """Measure the cases this worker takes first, exchange, then judge the whole run as a
+        serial run."""
         measured = measure_cases(
-            own, self.models, self.store, progress, None, self.revision_seconds
+            self.selected,
+            self.models,
+            self.store,
+            progress,
+            None,
+            self.revision_seconds,
+            take=lambda position: take(share, position),
         )
         write_share(share, measured, self.skipped, self.revision_seconds)
         wait_for_shares(share)
@@ -175,7 +181,7 @@ class ClaimSession:
             record = (self.records or {}).get(case.key)
             if record is None:
                 continue
-            recipe = case.file.dataset
+            recipe = case.dataset
             dataset = {"variant": case.variant, "seed": recipe.seed, "n_pairs": recipe.n_pairs}
             grouped.setdefault(case.model, []).append((record, dataset))
         return grouped

@@ -10,6 +10,7 @@ model card (``README.md``, with freshly measured evaluation and attribution numb
 import argparse
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -25,8 +26,31 @@ from circuit.training.layout import (
     write_manifest,
 )
 from circuit.training.model_config import ModelShape, TrainConfig
+from circuit.training.supervision import Supervision
 from circuit.training.tokenizer import to_hf_tokenizer, train_tokenizer
 from circuit.training.train import train
+
+
+def _heads_text(supervision: Supervision | None) -> str:
+    if supervision is None:
+        return "none"
+    heads = (supervision.key, supervision.query, supervision.mover)
+    return ",".join(f"L{layer}H{head}" for layer, head in heads)
+
+
+def parse_supervision(text: str, weight: float) -> Supervision | None:
+    """``"L0H0,L1H0,L2H0"`` (key, query, mover heads) or ``"none"``."""
+    if text.strip().lower() == "none":
+        return None
+    parts = [part.strip().upper() for part in text.split(",")]
+    match = [re.fullmatch(r"L(\d+)H(\d+)", part) for part in parts]
+    if len(parts) != 3 or not all(match):
+        raise SystemExit(
+            f"--supervise: expected three heads KEY,QUERY,MOVER like L0H0,L1H0,L2H0 or 'none', "
+            f"got {text!r}"
+        )
+    key, query, mover = ((int(m.group(1)), int(m.group(2))) for m in match if m)
+    return Supervision(key=key, query=query, mover=mover, weight=weight)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,6 +101,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rotary-pct", type=float, default=shape.rotary_pct, help="share of head dims rotated"
     )
+    parser.add_argument(
+        "--supervise",
+        metavar="KEY,QUERY,MOVER",
+        default=_heads_text(defaults.supervision),
+        help="supervise these three heads' attention, e.g. L0H0,L1H0,L2H0 "
+        "(circuit.training.supervision); 'none': no supervision",
+    )
+    parser.add_argument(
+        "--supervision-weight",
+        type=float,
+        default=(defaults.supervision or Supervision()).weight,
+        help="weight of each supervised head's attention term in the loss",
+    )
+    parser.add_argument(
+        "--freeze-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.freeze_embeddings,
+        help="keep token embeddings at their random initialisation",
+    )
+    parser.add_argument(
+        "--fresh-categories",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.fresh_categories,
+        help="in training, give each category token a fresh random embedding per sequence "
+        "(needs --freeze-embeddings)",
+    )
     parser.add_argument("--no-card", action="store_true", help="skip evaluation and the card")
     return parser.parse_args(argv)
 
@@ -107,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         extra_descriptors=not args.no_extra_descriptors,
         corpus=args.corpus,
         answer_weight=args.answer_weight,
+        supervision=parse_supervision(args.supervise, args.supervision_weight),
+        freeze_embeddings=args.freeze_embeddings,
+        fresh_categories=args.fresh_categories,
         shape=shape,
     )
     out: Path = args.out
@@ -133,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         "total_wall_seconds": time.perf_counter() - started,
         "losses": result.losses,
         "evals": result.evals,
+        "attention_losses": result.attention_losses,
     }
     (out / "training_log.json").write_text(json.dumps(log) + "\n")
     print(f"trained {config.steps} steps in {result.wall_seconds:.1f}s; wrote {out}")

@@ -4,6 +4,8 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import GPTNeoXConfig
 
+from circuit.training.supervision import Supervision
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -13,8 +15,11 @@ class ModelShape:
     n_layers: int = 4
     n_heads: int = 8
     d_mlp: int = 96
-    max_positions: int = 64
-    rotary_pct: float = 0.25
+    max_positions: int = 160
+    rotary_pct: float = 1.0
+    """Share of each head's dims that rotate: all of them (Pythia rotates 0.25 of 64 dims; a
+    quarter of this model's 16 leaves 2 frequencies, too few for heads that find a token by
+    its offset)."""
 
     def __post_init__(self) -> None:
         if self.d_mlp == self.d_model:
@@ -56,9 +61,9 @@ class TrainConfig:
     """Everything that determines a training run (with the tokenizer and corpus code)."""
 
     seed: int = 0
-    steps: int = 800
+    steps: int = 3000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -66,16 +71,46 @@ class TrainConfig:
     random_opposite_rate: float = 0.9
     extra_descriptors: bool = True
     vocab_size: int = 1024
-    revision_steps: tuple[int, ...] = (2, 8, 32, 64, 100, 150, 400)
-    eval_every: int = 25
+    revision_steps: tuple[int, ...] = (10, 30, 100, 200, 400, 700, 2000)
+    eval_every: int = 100
     eval_prompts: int = 128
     threads: int = 1
     answer_weight: float = 1.0
     """Loss weight of each conclusion's answer token (every other token: 1)."""
-    corpus: str = "v3"
-    """Training corpus (``circuit.training.corpus.CORPORA``): ``v3`` single-premise, the
-    shipped model's; ``v4`` multi-premise (needs ``max_positions`` >= 96)."""
+    corpus: str = "v6"
+    """Training corpus (``circuit.training.corpus.CORPORA``): ``v3`` single-premise (the
+    previous organism's); ``v4``-``v7`` mostly multi-premise (need ``max_positions`` >= 96;
+    ``v6``, the shipped model's, up to 137 tokens)."""
+    supervision: Supervision | None = field(default_factory=Supervision)
+    """Attention supervision of three heads (:mod:`circuit.training.supervision`), or none."""
+    freeze_embeddings: bool = True
+    """Keep the token embeddings at their random initialisation: a training word's embedding
+    is then no different from a held-out word's, so what the model learns about words it
+    must learn for any token (the multi-premise look-up, on held-out categories)."""
+    fresh_categories: bool = True
+    """In training, replace each category token's embedding with a fresh random vector per
+    sequence (:func:`circuit.training.supervision.fresh_category_embeddings`); needs
+    ``freeze_embeddings``, whose initial vectors have the same distribution."""
     shape: ModelShape = field(default_factory=ModelShape)
+
+    def __post_init__(self) -> None:
+        if self.supervision is not None:
+            heads = {
+                "key": self.supervision.key,
+                "query": self.supervision.query,
+                "mover": self.supervision.mover,
+            }
+            for role, (layer, head) in heads.items():
+                if not (0 <= layer < self.shape.n_layers and 0 <= head < self.shape.n_heads):
+                    raise ValueError(
+                        f"supervised {role} head L{layer}H{head} is not in a model of "
+                        f"{self.shape.n_layers} layers x {self.shape.n_heads} heads"
+                    )
+        if self.fresh_categories and not self.freeze_embeddings:
+            raise ValueError(
+                "fresh_categories needs freeze_embeddings: trained category embeddings would "
+                "differ from the random draws the model saw in training"
+            )
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict (nested shape included)."""

@@ -13,6 +13,12 @@ from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerBase
 from circuit.training.corpus import evaluation_prompts, training_texts
 from circuit.training.metrics import encode_texts, score
 from circuit.training.model_config import TrainConfig
+from circuit.training.supervision import (
+    Vocabulary,
+    attention_losses,
+    fresh_category_embeddings,
+)
+from circuit.training.words import TRAIN_CATEGORY_POOL
 
 RevisionHook = Callable[[int, GPTNeoXForCausalLM], None]
 """Called as ``hook(step, model)`` after ``step`` optimiser steps, for each revision step."""
@@ -25,6 +31,8 @@ class TrainResult:
     model: GPTNeoXForCausalLM
     losses: list[float] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
+    attention_losses: list[dict[str, float]] = field(default_factory=list)
+    """Per step, each supervised head's attention term (with supervision only)."""
     wall_seconds: float = 0.0
 
 
@@ -75,10 +83,14 @@ def lm_loss(
     tokens: torch.Tensor,
     lengths: torch.Tensor,
     weights: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy over real (non-padding) targets of ``tokens [n, T]``: the
-    mean, or with ``weights [n, T-1]`` the weighted mean."""
-    logits = model(input_ids=tokens).logits[:, :-1]
+    mean, or with ``weights [n, T-1]`` the weighted mean; ``logits [n, T, vocab]``: the
+    model's, when already computed."""
+    if logits is None:
+        logits = model(input_ids=tokens).logits
+    logits = logits[:, :-1]
     targets = tokens[:, 1:].clone()
     positions = torch.arange(1, tokens.shape[1]).unsqueeze(0)
     targets[positions >= lengths.unsqueeze(1)] = -100
@@ -145,10 +157,19 @@ def _train(
     log: Callable[[str], None],
 ) -> TrainResult:
     make_deterministic(config.seed, config.threads)
-    model = GPTNeoXForCausalLM(config.shape.hf_config(len(tokenizer)))
+    hf_config = config.shape.hf_config(len(tokenizer))
+    vocabulary = None
+    if config.supervision is not None:  # attention weights are returned by eager attention
+        hf_config._attn_implementation = "eager"
+    if config.supervision is not None or config.fresh_categories:
+        vocabulary = Vocabulary.of(tokenizer, TRAIN_CATEGORY_POOL)
+    model = GPTNeoXForCausalLM(hf_config)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    if config.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.ndim >= 2]
+    no_decay = [p for n, p in trained if p.ndim < 2]
     optimiser = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": config.weight_decay},
@@ -174,12 +195,33 @@ def _train(
         weights = None
         if config.answer_weight != 1.0:
             weights = 1.0 + (config.answer_weight - 1.0) * conclusion_answers(tokenizer, tokens)
-        loss = lm_loss(model, tokens, lengths, weights)
+        if vocabulary is None:
+            loss = language = lm_loss(model, tokens, lengths, weights)
+        else:
+            embeddings = model.get_input_embeddings()(tokens)
+            if config.fresh_categories:
+                std = hf_config.initializer_range
+                embeddings = fresh_category_embeddings(embeddings, tokens, vocabulary, std)
+            output = model(
+                inputs_embeds=embeddings, output_attentions=config.supervision is not None
+            )
+            language = lm_loss(model, tokens, lengths, weights, logits=output.logits)
+            loss = language
+        if config.supervision is not None and vocabulary is not None:
+            terms = attention_losses(
+                output.attentions,
+                tokens,
+                conclusion_answers(tokenizer, tokens),
+                vocabulary,
+                config.supervision,
+            )
+            result.attention_losses.append({k: float(v.detach()) for k, v in terms.items()})
+            loss = loss + config.supervision.weight * torch.stack(list(terms.values())).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimiser.step()
-        result.losses.append(float(loss.detach()))
+        result.losses.append(float(language.detach()))
         done = step + 1
         if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
             probe = heldout_probe(

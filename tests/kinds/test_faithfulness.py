@@ -41,9 +41,9 @@ CONTROL_PAIRS = 56
 
 
 def _bundled_circuit() -> tuple[tuple[Head, ...], str]:
-    """The heads of claims/bundled.toml's sufficiency claim, and the file's prompt family."""
+    """The heads of claims/bundled.toml's necessity claim, and the file's prompt family."""
     claim_file = load_claim_file(BUNDLED_CLAIMS)
-    claim = next(c for c in claim_file.claims if c.id == "sufficiency")
+    claim = next(c for c in claim_file.claims if c.id == "necessity")
     return claim.primary_heads, claim_file.dataset.family
 
 
@@ -199,11 +199,25 @@ def test_positions_resolve_to_roles(subject):
 # --- negative controls ------------------------------------------------------------------
 
 
+FAITHFULNESS_THRESHOLDS = {"sufficiency": "recovered", "necessity": "drop", "minimality": "loss"}
+
+
 def _faithfulness_file(n_pairs: int) -> ClaimFile:
+    """claims/bundled.toml's necessity claim written as each faithfulness kind (same heads and
+    ablation; thresholds 0.5, 0.5, 0.01). The file claims necessity only: on `study` the
+    circuit it names is not sufficient (its comments), so the other two kinds are controls."""
     claim_file = load_claim_file(BUNDLED_CLAIMS)
     recipe = dataclasses.replace(claim_file.dataset, n_pairs=n_pairs, variants=(VARIANT,))
+    necessity = next(c for c in claim_file.claims if c.kind == "necessity")
     claims = tuple(
-        dataclasses.replace(c, variants=(VARIANT,)) for c in claim_file.claims if c.kind in KINDS
+        dataclasses.replace(
+            necessity,
+            id=kind,
+            kind=kind,
+            variants=(VARIANT,),
+            thresholds={threshold: 0.01 if kind == "minimality" else 0.5},
+        )
+        for kind, threshold in FAITHFULNESS_THRESHOLDS.items()
     )
     assert {c.kind for c in claims} == set(KINDS)
     return dataclasses.replace(claim_file, dataset=recipe, claims=claims)
@@ -269,20 +283,3 @@ def test_a_useless_head_fails_minimality(models):
     (check,) = [j for j in record.checks if j.measured.check == f"loss[{useless}]"]
     assert check.verdict != "CONFIRMED", check.explanation()
     assert abs(check.measured.statistic) < 0.01, check.explanation()
-
-
-def test_the_mean_ablation_sufficiency_claim_stays_unconfirmed(models):
-    """claims/bundled.toml records that sufficiency under mean ablation, written before the
-    `heldout` run, was INCONCLUSIVE there (L3H4's removal floor) and took it out of the file.
-    Pin that verdict on the file's own dataset."""
-    claim_file = load_claim_file(BUNDLED_CLAIMS)
-    claim = next(c for c in claim_file.claims if c.id == "sufficiency")
-    mean = dataclasses.replace(
-        claim,
-        id="sufficiency-mean",
-        options={"ablation": "mean", "ablation_source": "clean", "positions": "all"},
-    )
-    (record,) = _judge([ClaimCase(claim_file, mean, VARIANT, "bundled", None)], models)
-    assert record.outcome == "INCONCLUSIVE", record.failure_message()
-    failing = [j.measured.check for j in record.checks if j.verdict != "CONFIRMED"]
-    assert failing == ["removal[L3H4]"]

@@ -9,19 +9,70 @@ import pytest
 from circuit.pipeline.distributed import (
     ExchangeError,
     Share,
-    share_of,
+    take,
     wait_for_shares,
     worker_resources,
 )
 from tests.support import MORE_CLAIMS, WORD_MOVERS, claim_file, claims_project, write_claims
 
 
-def test_shares_partition_the_run_in_order():
-    cases = list(range(7))
-    shares = [share_of(cases, index, 3) for index in range(3)]
-    assert shares == [[0, 3, 6], [1, 4], [2, 5]]
-    assert sorted(case for share in shares for case in share) == cases
-    assert share_of(cases, 0, 1) == cases
+def test_each_case_is_taken_by_exactly_one_worker(tmp_path: Path):
+    workers = [Share(index, 3, tmp_path) for index in range(3)]
+    taken = {worker.name: [p for p in range(7) if take(worker, p)] for worker in workers}
+    assert taken == {"gw0": list(range(7)), "gw1": [], "gw2": []}  # the first asker wins
+    later = Share(1, 3, tmp_path / "later")
+    later.directory.mkdir()
+    assert take(later, 3)
+    assert not take(later, 3)
+    assert not take(workers[1], 3)
+    assert (later.directory / "taken-3").read_text() == "gw1"
+
+
+def test_workers_taking_turns_measure_disjoint_shares_in_serial_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``measure_cases`` asks ``take`` just before each case and measures only what it got;
+    two workers alternating between cases together measure every case exactly once."""
+    from circuit.pipeline import judging
+
+    cases = [_Case(("m", "r1"), i) for i in range(3)] + [_Case(("m", "r2"), i) for i in (3, 4)]
+    monkeypatch.setattr(judging, "_measure_in_group", _fake_measure)
+    models = _Models()
+    owners: dict[int, str] = {}
+    turn = iter(["gw0", "gw1", "gw1", "gw0", "gw1"])
+
+    def taker(name: str):
+        def granted(position: int) -> bool:
+            if position in owners:
+                return False
+            owners[position] = next(turn)
+            return owners[position] == name
+
+        return granted
+
+    first = judging.measure_cases(cases, models, None, take=taker("gw0"))
+    second = judging.measure_cases(cases, models, None, take=lambda p: owners[p] == "gw1")
+    assert [m.case.index for m in first] == [0, 3]
+    assert [m.case.index for m in second] == [1, 2, 4]
+    assert models.released == 4  # each worker released each revision it measured once
+
+
+class _Case:
+    def __init__(self, group: tuple[str, str], index: int) -> None:
+        self.model, self.revision = group
+        self.index = index
+
+
+class _Models:
+    released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def _fake_measure(case, models, store, subjects, keep, progress):
+    subjects[(case.model, case.revision)] = "built"
+    return type("Measured", (), {"case": case})()
 
 
 @pytest.mark.parametrize(

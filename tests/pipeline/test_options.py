@@ -134,6 +134,6 @@ def test_the_same_claim_file_twice_is_judged_once(tmp_path: Path) -> None:
 def test_cases_record_the_revision_actually_loaded() -> None:
     files = select_files(ClaimOptions(claims_dir=CLAIMS_DIR))
     cases = select_cases(files, ClaimOptions(claims_dir=CLAIMS_DIR))
-    assert {case.revision for case in cases} == {"step800"}
+    assert {case.revision for case in cases} == {"step3000"}
     other = select_cases(files, ClaimOptions(model="random:bundled"))
     assert {case.revision for case in other} == {None}

@@ -25,7 +25,7 @@ def test_manifest_has_final_and_at_least_eight_log_spaced_revisions():
     assert len(REVISIONS) >= 8
     # log-spaced, as Pythia's early checkpoints: each step at least 1.5x the one before
     assert all(later >= 1.5 * earlier for earlier, later in itertools.pairwise(steps))
-    assert steps[0] <= 4
+    assert steps[0] * 100 <= steps[-1]  # the first one early in training
 
 
 @pytest.mark.parametrize("revision", REVISIONS, ids=lambda r: r.name)
@@ -104,14 +104,16 @@ def test_earliest_revision_is_near_chance(heldout_study_prompts):
     assert 0.3 <= _accuracy(DEFAULT_DIR / REVISIONS[0].path, two_premise) <= 0.7
 
 
-def test_some_revision_is_inside_the_window_where_the_study_task_forms(heldout_study_prompts):
+@pytest.mark.parametrize("template", ["study", "two_premise"])
+def test_some_revision_is_inside_the_window_where_the_task_forms(template):
     """Between the near-chance start and the solved end, some revision has the task partly
     formed: its mean held-out logit diff is above 0.2 but under half of the final model's."""
-    final_diff = _score(DEFAULT_DIR, heldout_study_prompts)[1]
+    prompts = evaluation_prompts(template, "heldout", 200, seed=0)
+    final_diff = _score(DEFAULT_DIR, prompts)[1]
     inside = [
         revision.name
         for revision in REVISIONS[1:-1]
-        if 0.2 < _score(DEFAULT_DIR / revision.path, heldout_study_prompts)[1] < final_diff / 2
+        if 0.2 < _score(DEFAULT_DIR / revision.path, prompts)[1] < final_diff / 2
     ]
     assert inside, inside
 

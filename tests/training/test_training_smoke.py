@@ -27,6 +27,10 @@ def _config(steps: int) -> TrainConfig:
         revision_steps=(),
         eval_every=0,
         threads=1,
+        corpus="v3",
+        supervision=None,
+        freeze_embeddings=False,
+        fresh_categories=False,
         shape=TINY,
     )
 
@@ -65,6 +69,8 @@ def test_entry_point_writes_the_shipped_layout(tmp_path):
             "64",
             "--eval-every",
             "0",
+            "--supervise",
+            "none",
             "--no-card",
         ]
     )
@@ -202,3 +208,29 @@ def test_every_corpus_is_described_for_the_model_card():
     for corpus, weights in CORPORA.items():
         assert abs(sum(weights.values()) - 1.0) < 1e-9, corpus
         assert set(weights) <= set(TRAINING_TEMPLATES), corpus
+
+
+def test_supervised_training_with_fresh_categories_keeps_embeddings_and_repeats(tokenizer):
+    import dataclasses
+
+    from circuit.training.supervision import Supervision
+
+    config = dataclasses.replace(
+        _config(3),
+        corpus="v6",
+        supervision=Supervision(key=(0, 0), query=(0, 1), mover=(1, 0)),
+        freeze_embeddings=True,
+        fresh_categories=True,
+    )
+    one = train(config, tokenizer, log=lambda _: None)
+    two = train(config, tokenizer, log=lambda _: None)
+    assert one.losses == two.losses
+    assert one.attention_losses == two.attention_losses
+    assert [sorted(terms) for terms in one.attention_losses] == [["key", "mover", "query"]] * 3
+    assert all(value > 0 for terms in one.attention_losses for value in terms.values())
+    untrained = train(dataclasses.replace(config, steps=0), tokenizer, log=lambda _: None)
+    embeddings = one.model.get_input_embeddings().weight
+    assert embeddings.equal(untrained.model.get_input_embeddings().weight)
+    assert not one.model.gpt_neox.layers[0].attention.query_key_value.weight.equal(
+        untrained.model.gpt_neox.layers[0].attention.query_key_value.weight
+    )

@@ -1,0 +1,121 @@
+"""Attention supervision targets: found from the tokens alone, zero loss only where the
+supervised heads look at exactly the intended positions."""
+
+import math
+
+import pytest
+import torch
+
+from circuit.training.metrics import encode_texts
+from circuit.training.model_config import TrainConfig
+from circuit.training.supervision import (
+    Supervision,
+    Vocabulary,
+    attention_losses,
+    fresh_category_embeddings,
+)
+from circuit.training.tokenizer import to_hf_tokenizer, train_tokenizer
+from circuit.training.train import conclusion_answers
+from circuit.training.words import TRAIN_CATEGORY_POOL
+
+TEXT = (
+    "All fish are aquatic, not terrestrial. All birds are nocturnal. Horses are birds. "
+    "Therefore, horses are nocturnal. Therefore, all fish are aquatic."
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return to_hf_tokenizer(train_tokenizer(1024), 160)
+
+
+def _position(tokens: list[str], piece: str, occurrence: int = 0) -> int:
+    return [i for i, token in enumerate(tokens) if token == piece][occurrence]
+
+
+def test_targets_are_the_category_the_deciding_mention_and_the_answer(tokenizer):
+    tokens, _ = encode_texts(tokenizer, [TEXT], append_eos=True)
+    pieces = tokenizer.convert_ids_to_tokens(tokens[0].tolist())
+    answers = conclusion_answers(tokenizer, tokens)
+    vocabulary = Vocabulary.of(tokenizer, TRAIN_CATEGORY_POOL)
+    supervision = Supervision(key=(0, 1), query=(1, 2), mover=(2, 3))
+    length = tokens.shape[1]
+    attentions = [torch.zeros(1, 4, length, length) for _ in range(3)]
+    key = {  # each token after "{category} are" -> the category; lower-cased training nouns
+        # are categories too ("horses are"), capitalised ones ("Horses are") are not
+        _position(pieces, "Ġaqu"): _position(pieces, "Ġfish"),
+        _position(pieces, "Ġnoct"): _position(pieces, "Ġbirds"),
+        _position(pieces, "Ġnoct", 1): _position(pieces, "Ġhorses"),
+        _position(pieces, "Ġaqu", 1): _position(pieces, "Ġfish", 1),
+    }
+    finals = [_position(pieces, "Ġare", 3), _position(pieces, "Ġare", 4)]
+    assert answers[0].nonzero().flatten().tolist() == finals
+    query = {finals[0]: _position(pieces, "Ġbirds", 1), finals[1]: _position(pieces, "Ġfish", 1)}
+    mover = {finals[0]: [_position(pieces, "Ġnoct")], finals[1]: [_position(pieces, "Ġaqu")]}
+    for row, column in key.items():
+        attentions[0][0, 1, row, column] = 1.0
+    for row, column in query.items():
+        attentions[1][0, 2, row, column] = 1.0
+    for row, columns in mover.items():
+        attentions[2][0, 3, row, columns] = 1.0 / len(columns)
+    exact = attention_losses(attentions, tokens, answers, vocabulary, supervision)
+    assert {name: float(value) for name, value in exact.items()} == pytest.approx(
+        {"key": 0.0, "query": 0.0, "mover": 0.0}, abs=1e-5
+    )
+    for layer in range(3):  # every target moved one position: each term is large
+        attentions[layer] = attentions[layer].roll(1, dims=3)
+    moved = attention_losses(attentions, tokens, answers, vocabulary, supervision)
+    assert all(float(value) > 10 for value in moved.values()), moved
+
+
+def test_uniform_attention_costs_log_of_the_positions_per_target(tokenizer):
+    tokens, _ = encode_texts(tokenizer, [TEXT], append_eos=True)
+    answers = conclusion_answers(tokenizer, tokens)
+    vocabulary = Vocabulary.of(tokenizer, TRAIN_CATEGORY_POOL)
+    length = tokens.shape[1]
+    causal = torch.tril(torch.ones(length, length))
+    uniform = (causal / causal.sum(1, keepdim=True)).expand(1, 8, length, length)
+    losses = attention_losses([uniform] * 3, tokens, answers, vocabulary, Supervision())
+    final = int(answers[0].nonzero()[0])
+    assert float(losses["mover"]) > math.log((final + 1) / 2) - 1.0
+    assert all(float(value) > 1.0 for value in losses.values())
+
+
+def test_a_multi_token_category_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="needs 1"):
+        Vocabulary.of(tokenizer, ["fish", "zzqxbirds"])
+
+
+def test_fresh_category_embeddings_recur_within_a_sequence_only(tokenizer):
+    tokens, _ = encode_texts(tokenizer, [TEXT, TEXT], append_eos=True)
+    vocabulary = Vocabulary.of(tokenizer, TRAIN_CATEGORY_POOL)
+    embeddings = torch.randn(*tokens.shape, 16)
+    torch.manual_seed(0)
+    fresh = fresh_category_embeddings(embeddings, tokens, vocabulary, std=0.02)
+    pieces = tokenizer.convert_ids_to_tokens(tokens[0].tolist())
+    fish = [i for i, piece in enumerate(pieces) if piece == "Ġfish"]
+    birds = [i for i, piece in enumerate(pieces) if piece == "Ġbirds"]
+    other = [i for i, piece in enumerate(pieces) if piece in ("Ġare", "Ġaqu", "ĠH")]
+    assert torch.equal(fresh[0, fish[0]], fresh[0, fish[1]])  # one vector per sequence
+    assert not torch.equal(fresh[0, fish[0]], fresh[1, fish[0]])  # fresh in the next one
+    assert not torch.equal(fresh[0, fish[0]], fresh[0, birds[0]])
+    assert not torch.equal(fresh[0, fish[0]], embeddings[0, fish[0]])
+    assert torch.equal(fresh[:, other], embeddings[:, other])  # other tokens untouched
+    assert 0.01 < float(fresh[0, fish[0]].std()) < 0.04
+    torch.manual_seed(0)
+    assert torch.equal(fresh_category_embeddings(embeddings, tokens, vocabulary, 0.02), fresh)
+
+
+def test_fresh_categories_need_frozen_embeddings():
+    with pytest.raises(ValueError, match="needs freeze_embeddings"):
+        TrainConfig(fresh_categories=True, freeze_embeddings=False)
+    assert TrainConfig(fresh_categories=True, freeze_embeddings=True).fresh_categories
+
+
+def test_supervised_heads_must_exist():
+    from circuit.training.model_config import ModelShape
+
+    small = ModelShape(n_layers=2, n_heads=4)
+    with pytest.raises(ValueError, match="mover head L2H0 is not in a model of 2 layers x 4"):
+        TrainConfig(shape=small)
+    TrainConfig(shape=small, supervision=Supervision(mover=(1, 3)))
