@@ -45,7 +45,7 @@ def run_claim_file(
             for f in files
         ]
     models = ModelCache(device=device, dtype=dtype)
-    store = MeasurementStore()
+    store = MeasurementStore(progress=progress)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -67,7 +67,7 @@ def run_claim_file(
         "sweeps_computed": dict(store.computed),
         "outcomes": [
             f"{m.case.claim.id}/{m.case.variant}: "
-            + (f"ERROR {m.error[:80]}" if m.error else str(getattr(r, "verdict", r))[:40])
+            + (f"ERROR {m.error[:80]}" if m.error else r.outcome)
             for m, r in zip(measured, records, strict=True)
         ],
     }

@@ -206,6 +206,19 @@ def check_component(component: str, allowed: Sequence[str] = HEAD_COMPONENTS) ->
         raise PatchingError(f"unknown component {component!r}; expected one of {tuple(allowed)}")
 
 
+def check_cell_mask(cells: object, shape: Sequence[int]) -> None:
+    """``cells`` is a boolean tensor of ``shape`` marking at least one cell."""
+    if not isinstance(cells, torch.Tensor) or cells.dtype != torch.bool:
+        raise PatchingError(f"cells must be a boolean tensor, got {type(cells).__name__}")
+    if tuple(cells.shape) != tuple(shape):
+        raise PatchingError(
+            f"cells has shape {tuple(cells.shape)}; the sweep's result (without the prompt "
+            f"dim) has shape {tuple(shape)}"
+        )
+    if not bool(cells.any()):
+        raise PatchingError("cells marks no cell: there is nothing to patch")
+
+
 def check_layer(layer: int, n_layers: int) -> None:
     """``layer`` indexes one of ``n_layers`` layers (no negative indices)."""
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:

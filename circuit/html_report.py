@@ -19,7 +19,7 @@ import numpy as np
 from circuit import figures
 from circuit.claims import Claim
 from circuit.kinds.common import spearman_per_column
-from circuit.kinds.measurements import Subject, path_query_params
+from circuit.kinds.measurements import Subject, path_query_params, value_by_position_params
 from circuit.reports import ERROR, ClaimRecord, summary_line, table_rows
 from circuit.statistics import Draws
 
@@ -159,16 +159,19 @@ def _word_mover_figures(claim: Claim, subject: Subject, drawer: _Drawer) -> list
 
 
 def _value_position_figures(claim: Claim, subject: Subject, drawer: _Drawer) -> list[str]:
-    patched = subject.stored("value_by_position")
+    heads = claim.primary_heads
+    role = claim.roles.get("position")
+    at = subject.dataset.roles.get(role) if role else None
+    patched = None
+    if at is not None:
+        params = value_by_position_params(heads, at)
+        patched = subject.stored("value_by_position", params) or subject.stored("value_by_position")
     corrupted = _normalised_corrupted(subject)
     if patched is None or corrupted is None:
         return ["value patching by position: the value_by_position sweep was not measured"]
-    heads = claim.primary_heads
     values = patched["patched"].double().numpy()  # [n, L, pos, H]
     per_head = values.transpose(0, 1, 3, 2)[:, [h.layer for h in heads], [h.head for h in heads]]
     effect = (per_head - corrupted[:, None, None]).sum(axis=1).mean(axis=0)  # [pos]
-    role = claim.roles.get("position")
-    at = subject.dataset.roles.get(role) if role else None
     tokens = [str(t) for t in subject.model.to_str_tokens(subject.dataset.clean_tokens[0])]
     names = ", ".join(map(str, heads))
     drawer.add(

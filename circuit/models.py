@@ -19,16 +19,21 @@ Every model is booted with ``TransformerBridge.boot_transformers`` and then
 study processed Pythia-410m.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.data import BUNDLED_DIR
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0
@@ -273,6 +278,24 @@ def default_revision(spec: str, revision: str | None = None) -> str | None:
     return "main" if spec.count("/") == 1 else None
 
 
+def model_shape(spec: str, revision: str | None = None) -> tuple[int, int] | None:
+    """``(n_layers, n_heads)`` of the model ``load_model(spec, revision)`` would load, read
+    from its ``config.json`` (or a random shape's table) without loading it; None when the
+    config does not say (a model of another family). Raises as :func:`resolve` does."""
+    source = resolve(spec, revision)
+    if source.random_shape is not None and source.random_shape != "bundled":
+        shape = PYTHIA_SHAPES[source.random_shape]
+        return shape["num_hidden_layers"], shape["num_attention_heads"]
+    directory = _resolve_bundled(None) if source.random_shape == "bundled" else source.directory
+    if directory is None:
+        return None
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        return int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def random_hf_model(shape: str, dtype: torch.dtype = torch.float32, seed: int = RANDOM_SEED):
     """An untrained ``GPTNeoXForCausalLM`` of a Pythia shape or the bundled shape."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -337,6 +360,7 @@ def load_model(
     Raises ``ModelSpecError`` for a bad spec, revision, device or dtype, and
     ``ModelUnavailableError`` when the weights are not on this machine.
     """
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

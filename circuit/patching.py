@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
 from circuit import guards
 from circuit.engine.forward import (
@@ -268,21 +268,23 @@ def _sweep_layer(
     stats: SweepStats,
     first_diff: int = 0,
     next_block: NextBlock | None = None,
+    wanted: list[int] | None = None,
 ) -> torch.Tensor:
     """Values of patching every head at ``layer`` (and ``pos``): ``[head, n]`` or ``[head]``.
 
     ``chunk`` heads (variants) run per forward. ``first_diff``: the first (query) position at
     which the clean activation differs from the corrupted one
     (:func:`circuit.engine.forward.first_difference`); the head shortcuts recompute nothing
-    before it.
+    before it. ``wanted``: patch only these heads (the others' values are NaN).
     """
     n, seq = base.tokens.shape
     start_pos = 0 if pos is None else pos
     shortcut = _shortcut(w, component, evaluator, base)
     first_diff = min(first_diff, seq - 1)
+    swept = list(range(w.n_heads)) if wanted is None else wanted
     parts = []
-    for first in range(0, w.n_heads, chunk):
-        heads = torch.arange(first, min(first + chunk, w.n_heads), device=w.device)
+    for first in range(0, len(swept), chunk):
+        heads = torch.tensor(swept[first : first + chunk], dtype=torch.long, device=w.device)
         rows = len(heads) * n
         if shortcut and component == "z":
             out = _z_shortcut(w, layer, heads, pos, clean, base, evaluator, first_diff, next_block)
@@ -309,7 +311,15 @@ def _sweep_layer(
             layers = w.n_layers - layer
         stats.count(rows, layers, seq - start_pos)
         parts.append(evaluator.values(out, start_pos))
-    return torch.cat(parts)
+    if wanted is None:
+        return torch.cat(parts)
+    tail = (n,) if evaluator.per_prompt else ()
+    full = torch.full((w.n_heads, *tail), float("nan"), dtype=w.dtype, device=w.device)
+    if parts:
+        values = torch.cat(parts)
+        full = full.to(values.dtype)
+        full[torch.tensor(wanted, dtype=torch.long, device=full.device)] = values
+    return full
 
 
 def _shortcut(w: ForwardWeights, component: str, evaluator: _Evaluator, base: RunCache) -> bool:
@@ -441,6 +451,7 @@ def _sweep(
     verify: Callable[[ForwardWeights, RunCache, RunCache, _Evaluator, torch.Tensor], None] | None,
     describe_cell: Callable[[tuple[int, ...]], str],
     stats: SweepStats | None = None,
+    skipped: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``body(w, clean, base, evaluator, variants_per_forward)`` over prompt chunks.
 
@@ -448,7 +459,8 @@ def _sweep(
     :func:`circuit.engine.memory.plan_sweep` says (per-prompt values are independent; their
     mean is the batch metric); a generic metric
     sees all prompts at once. Values come back with the prompt axis last (or reduced).
-    ``describe_cell`` names a cell of ``body``'s result (for an error on a non-finite value).
+    ``describe_cell`` names a cell of ``body``'s result (for an error on a non-finite value);
+    ``skipped`` marks the cells ``body`` left NaN on purpose (not swept).
     """
     w = weights_of(model)
     guards.check_tokens(clean_tokens, corrupted_tokens, w.n_ctx, w.d_vocab)
@@ -476,8 +488,12 @@ def _sweep(
             width = w.d_vocab * (1 if evaluator.final_only else seq)  # the metric's input
             variants = plan_for(w, n, seq, n_variants, memory_budget, width).variants
         values = body(w, clean, base, evaluator, variants)
+        checked = values
+        if skipped is not None:
+            mask = skipped.to(values.device)
+            checked = values.masked_fill(mask[..., None] if evaluator.per_prompt else mask, 0.0)
         try:
-            guards.check_finite(values, describe_cell, evaluator.per_prompt, first, evaluator.n)
+            guards.check_finite(checked, describe_cell, evaluator.per_prompt, first, evaluator.n)
         except MetricError as error:
             if evaluator.fast or not evaluator.final_only:
                 raise
@@ -527,6 +543,7 @@ def patch_heads(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     verify: bool = True,
     stats: SweepStats | None = None,
+    cells: Bool[torch.Tensor, "..."] | None = None,
 ) -> torch.Tensor:
     """Patch each head's ``component`` (``z``, ``q``, ``k``, ``v``, ``pattern``) from clean.
 
@@ -534,13 +551,29 @@ def patch_heads(
     ``[layer, head, pos]``, as the library); with ``per_prompt`` a leading ``[n]`` dim.
     ``memory_budget`` bounds the activation bytes of one prompt chunk (caches and a forward).
     ``verify`` proves the largest-effect cell's patch through the model's hooks.
+    ``cells``: a boolean mask of the result's shape (without the prompt dim); only the cells it
+    marks are patched, the others are NaN (a sweep restricted to the cells a claim reads).
     """
     _check_arguments(
         "patch_heads", model, metric, memory_budget, per_prompt=per_prompt, verify=verify
     )
     guards.check_component(component)
     guards.check_flag(by_position, "by_position")
+    if cells is not None:
+        shape = _result_shape(model, clean_tokens.shape[1], component, by_position)
+        guards.check_cell_mask(cells, shape)
     stats = stats if stats is not None else SweepStats()
+
+    def wanted_heads(layer: int, index: int) -> list[int] | None:
+        if cells is None:
+            return None
+        if not by_position:
+            row = cells[layer]
+        elif component == "pattern":
+            row = cells[layer, :, index]
+        else:
+            row = cells[layer, index]
+        return [int(h) for h in row.nonzero().flatten()]
 
     def body(w, clean, base, evaluator, chunk):
         seq = base.tokens.shape[1]
@@ -567,8 +600,9 @@ def patch_heads(
                     stats,
                     first_diff,
                     next_block,
+                    wanted_heads(layer, index),
                 )
-                for pos in positions
+                for index, pos in enumerate(positions)
             ]
             layers.append(torch.stack(cells))
         values = torch.stack(layers)
@@ -603,7 +637,18 @@ def patch_heads(
             check if verify else None,
             describe,
             stats,
+            None if cells is None else ~cells.cpu(),
         ).clone()
+
+
+def _result_shape(
+    model: torch.nn.Module, seq: int, component: str, by_position: bool
+) -> tuple[int, ...]:
+    """The shape of :func:`patch_heads`' result without the prompt dim."""
+    layers, heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    if not by_position:
+        return (layers, heads)
+    return (layers, heads, seq) if component == "pattern" else (layers, seq, heads)
 
 
 def _largest_effect(values: torch.Tensor, unpatched: torch.Tensor, per_prompt: bool) -> tuple:

@@ -52,13 +52,14 @@ The transformer_lens-style orientation difference, and where freeze and direct d
 shown side by side by :func:`compare_path_modes`.
 """
 
+from __future__ import annotations
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.engine.forward import (
     Edit,
@@ -102,6 +103,9 @@ from circuit.metrics import (
     reads_answer_logits_only,
     wrong_guess,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 ReceiverInput = Literal["q", "k", "v"]
 PathMode = Literal["freeze", "direct"]

@@ -254,6 +254,7 @@ class ClaimsPlugin:
         self.comparisons: list[Comparison] = []
         self.saved: list[Path] = []
         self.state.share = share
+        self.state.controller = self.exchange is not None
         _usage_check(lambda: check_options(options))
         if self.exchange is not None and options.report_dir is not None:
             raise pytest.UsageError(

@@ -1,13 +1,18 @@
 """A dataset's summary on a model: filters' kept/total and the clean/corrupted baselines."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tabulate import tabulate
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.dataset import SyllogismDataset
 from circuit.metrics import logit_diff
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,16 @@ text and answers both use the declared pairs, which is what its answer tokens an
 assume.
 """
 
+from __future__ import annotations
+
 import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Int
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.dataset import FilterReport, SyllogismDataset
 from circuit.metrics import logit_diff
@@ -55,6 +57,9 @@ from circuit.vocabulary import (
     STUDY_DESCRIPTOR_PAIRS,
     STUDY_NOUNS,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 VARIANTS: tuple[str, ...] = ("study", "unfiltered", "heldout")
 STUDY_N_PAIRS = 56

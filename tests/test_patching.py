@@ -169,6 +169,57 @@ def test_chunking_changes_nothing(tiny32_problem):
     assert tiny_stats.forwards > default_stats.forwards
 
 
+@pytest.mark.parametrize(
+    ("component", "by_position", "metric"),
+    [("v", True, None), ("pattern", True, None), ("z", False, None), ("q", True, "generic")],
+)
+def test_a_cell_mask_sweeps_only_its_cells(tiny32_problem, component, by_position, metric):
+    """Marked cells equal the full sweep's; the others are NaN and cost no forward rows."""
+    p = tiny32_problem
+    chosen = _generic_metric if metric == "generic" else p.metric
+    per_prompt = metric is None  # the generic metric returns the batch's scalar
+    full_stats, masked_stats = SweepStats(), SweepStats()
+    full = patch_heads(
+        p.model, p.clean, p.corrupted, chosen, component, by_position, per_prompt, stats=full_stats
+    )
+    if not per_prompt:
+        full = full[None]
+    cells = torch.zeros(full.shape[1:], dtype=torch.bool)
+    generator = torch.Generator().manual_seed(0)
+    cells[torch.rand(cells.shape, generator=generator) < 0.3] = True
+    masked = patch_heads(
+        p.model,
+        p.clean,
+        p.corrupted,
+        chosen,
+        component,
+        by_position,
+        per_prompt,
+        stats=masked_stats,
+        cells=cells,
+    )
+    if not per_prompt:
+        masked = masked[None]
+    _close(masked[:, cells], full[:, cells])
+    assert bool(masked[:, ~cells].isnan().all())
+    assert masked_stats.rows < full_stats.rows
+
+
+def test_a_cell_mask_is_checked(tiny32_problem):
+    p = tiny32_problem
+    layers, heads = p.model.cfg.n_layers, p.model.cfg.n_heads
+    with pytest.raises(PatchingError, match="has shape"):
+        patch_heads(
+            p.model, p.clean, p.corrupted, p.metric, "v", True, cells=torch.ones(layers, heads) > 0
+        )
+    with pytest.raises(PatchingError, match="boolean"):
+        patch_heads(p.model, p.clean, p.corrupted, p.metric, "v", cells=torch.ones(layers, heads))
+    with pytest.raises(PatchingError, match="no cell"):
+        patch_heads(
+            p.model, p.clean, p.corrupted, p.metric, "v", cells=torch.zeros(layers, heads) > 0
+        )
+
+
 def test_forward_counts(tiny32_problem):
     """One forward per layer (all heads batched), per layer and position when by position;
     each by-position forward runs only the positions from the patched one on."""

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
-from transformers.activations import ACT2FN
 
 from circuit.engine.memory import scratch
 from circuit.engine.weights import ForwardError, ForwardWeights
@@ -149,7 +148,7 @@ def hidden_units(
     """``act(x @ W_in + b_in)``. Without autograd it is written to the ``"mlp"``
     :func:`scratch` buffer (valid until the next call on this thread), GELU in place."""
     if not untracked(x):
-        return ACT2FN[act_name](torch.addmm(b_in, x, W_in))
+        return activation(act_name)(torch.addmm(b_in, x, W_in))
     hidden = scratch("mlp", (x.shape[0], W_in.shape[-1]), x)
     return activate_(act_name, torch.addmm(b_in, x, W_in, out=hidden))
 
@@ -158,7 +157,15 @@ def activate_(act_name: str, pre: Float[torch.Tensor, "rows d_mlp"]) -> torch.Te
     """The MLP's activation function of ``pre``: in place for (exact) GELU, else a new tensor."""
     if act_name == "gelu":
         return torch.ops.aten.gelu_(pre)
-    return ACT2FN[act_name](pre)
+    return activation(act_name)(pre)
+
+
+def activation(act_name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The Hugging Face activation function ``act_name`` (``transformers`` imported on first
+    use: a process that only judges claims never loads it)."""
+    from transformers.activations import ACT2FN
+
+    return ACT2FN[act_name]
 
 
 def mlp(

@@ -19,6 +19,8 @@ Patching sweeps use the study's normalised metric (clean 1, corrupted 0, batch-m
 baselines), so per-prompt effects are fractions of the clean-corrupted gap.
 """
 
+from __future__ import annotations
+
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 from circuit.dataset import SyllogismDataset
 from circuit.heads import Head
@@ -35,6 +36,8 @@ from circuit.metrics import LogitDiffMetric, logit_diff
 from circuit.statistics import Clusters
 
 if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
     from circuit.ablation import Ablation
 
 
@@ -166,14 +169,29 @@ def value_differences(subject: Subject) -> MeasurementResult:
 
 
 @torch.no_grad()
-def value_by_position(subject: Subject) -> MeasurementResult:
+def value_by_position(
+    subject: Subject, heads: Sequence[Head] | None = None, position: int | None = None
+) -> MeasurementResult:
     """``patched``: ``[n, L, pos, H]`` normalised metric with one head's clean ``v`` patched
-    into the corrupted run at one position (transformer_lens.patching orientation)."""
+    into the corrupted run at one position (transformer_lens.patching orientation).
+
+    Every cell by default. Given ``heads`` and ``position``, only the cells a value-position
+    claim reads: those heads at every position, and every head at ``position`` (for the
+    ranking); the other cells are NaN (unless this run already swept every cell: then that).
+    """
+    restricted = heads is not None and position is not None
 
     def compute() -> MeasurementResult:
         from circuit import patching
 
         data = subject.dataset
+        cells = None
+        if restricted:
+            seq = int(data.clean_tokens.shape[1])
+            cells = torch.zeros(subject.n_layers, seq, subject.n_heads, dtype=torch.bool)
+            for head in heads:
+                cells[head.layer, :, head.head] = True
+            cells[:, position, :] = True
         patched = patching.patch_heads(
             subject.model,
             _device_tokens(subject, data.clean_tokens),
@@ -182,10 +200,22 @@ def value_by_position(subject: Subject) -> MeasurementResult:
             "v",
             by_position=True,
             per_prompt=True,
+            cells=cells,
         )
         return {"patched": patched}
 
-    return subject.measure("value_by_position", None, compute)
+    if restricted:
+        full = subject.stored("value_by_position")  # every cell, if this run swept them
+        if full is not None:
+            return full
+    params = value_by_position_params(heads, position) if restricted else None
+    return subject.measure("value_by_position", params, compute)
+
+
+def value_by_position_params(heads: Sequence[Head], position: int) -> str:
+    """The store's parameter of :func:`value_by_position` restricted to ``heads`` (order does
+    not matter) and every head at ``position``."""
+    return ",".join(map(str, sorted(set(heads)))) + f"@pos{position}"
 
 
 @torch.no_grad()

@@ -37,9 +37,9 @@ def by_direct_logit_attribution(claim: Claim, subject: Subject) -> np.ndarray:
 def by_value_effect(claim: Claim, subject: Subject) -> np.ndarray:
     """Mean over prompts of each head's value-patching effect at ``claim.roles["position"]``
     (normalised metric minus its corrupted baseline)."""
-    patched = value_by_position(subject)["patched"].double()  # [n, L, pos, H]
-    _, corrupted = normalised_baselines(subject)
     at = subject.dataset.roles[claim.roles["position"]]
+    patched = value_by_position(subject, claim.primary_heads, at)["patched"].double()
+    _, corrupted = normalised_baselines(subject)
     effect = patched[:, :, at, :] - corrupted.double()[:, None, None]  # [n, L, H]
     return effect.mean(0).flatten().numpy()
 

@@ -1,6 +1,7 @@
 """Value position: the claimed heads' values matter most at one role's position.
 
-From value patching by position (:func:`~circuit.kinds.measurements.value_by_position`),
+From value patching by position (:func:`~circuit.kinds.measurements.value_by_position`,
+restricted to the claimed heads at every position and every head at the role's position),
 per prompt ``i`` and position ``p`` the recovery ``e[i, p]`` is the sum over the claimed
 heads of (patched normalised metric - the prompt's corrupted normalised metric), a fraction
 of the clean-corrupted gap. Only positions where some claimed head's clean and corrupted
@@ -53,9 +54,11 @@ if TYPE_CHECKING:
 
 def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[Evidence]:
     """The checks of a value-position claim on one subject."""
-    patched = value_by_position(subject)["patched"].double()  # [n, L, pos, H]
-    _, corrupted = normalised_baselines(subject)
     heads = claim.primary_heads
+    role = claim.roles["position"]
+    at = subject.dataset.roles[role]
+    patched = value_by_position(subject, heads, at)["patched"].double()  # [n, L, pos, H]
+    _, corrupted = normalised_baselines(subject)
     layers = [h.layer for h in heads]
     indices = [h.head for h in heads]
     per_head = patched.permute(0, 1, 3, 2)[:, layers, indices]  # [n, m, pos]
@@ -64,8 +67,6 @@ def evidence(claim: Claim, subject: Subject, settings: VerdictSettings) -> list[
     pool = np.flatnonzero(
         (differs > DIFFERENCE_TOLERANCE * max(float(differs.max()), 1e-30)).any(dim=0).numpy()
     )
-    role = claim.roles["position"]
-    at = subject.dataset.roles[role]
     if at not in pool:
         raise ValueError(
             f"claim {claim.id!r}: the claimed heads' value vectors are identical in the clean "

@@ -8,7 +8,13 @@ against their shapes before any test runs.
 from collections.abc import Sequence
 
 from circuit.claims import ClaimCase, ClaimFile, ClaimFileError, validate_for_model
-from circuit.models import ModelSpecError, ModelUnavailableError, default_revision, resolve
+from circuit.models import (
+    ModelSpecError,
+    ModelUnavailableError,
+    default_revision,
+    model_shape,
+    resolve,
+)
 from circuit.pipeline.model_cache import ModelCache
 from circuit.pipeline.options import ClaimOptions, ClaimSetupError, select_files
 from circuit.revisions import parse_revisions
@@ -51,10 +57,11 @@ def run_revisions(text: str, model: str) -> list[str]:
         raise ClaimSetupError(f"--revision {text}: {error}") from None
 
 
-def validate_cases(cases: Sequence[ClaimCase], models: ModelCache) -> None:
+def validate_cases(cases: Sequence[ClaimCase], models: ModelCache, load: bool = True) -> None:
     """Check heads against each available model's shape (ClaimFileError when out of range),
     loading one revision per file and model; a model spec or revision that cannot be used is
-    a :class:`ClaimSetupError`."""
+    a :class:`ClaimSetupError`. With ``load=False`` (a pytest-xdist controller, which measures
+    nothing) the shape is read from the model's config where it says, without loading."""
     seen: set[tuple[str, str, str | None]] = set()
     shaped: set[tuple[str, str]] = set()
     for case in cases:
@@ -66,7 +73,8 @@ def validate_cases(cases: Sequence[ClaimCase], models: ModelCache) -> None:
             if (str(case.file.path), case.model) in shaped:  # one load per file and model:
                 resolve(case.model, case.revision)  # other revisions share its shape
                 continue
-            model = models.get(case.model, case.revision)
+            shape = None if load else model_shape(case.model, case.revision)
+            model = None if shape is not None else models.get(case.model, case.revision)
         except ModelUnavailableError:
             continue  # its cases are skipped with the reason
         except ModelSpecError as error:
@@ -81,16 +89,19 @@ def validate_cases(cases: Sequence[ClaimCase], models: ModelCache) -> None:
                 f"{type(error).__name__}: {first_line}"
             ) from None
         if model is not None:
+            shape = int(model.cfg.n_layers), int(model.cfg.n_heads)
+        if shape is not None:
             shaped.add((str(case.file.path), case.model))
-            validate_for_model(case.file, int(model.cfg.n_layers), int(model.cfg.n_heads))
+            validate_for_model(case.file, *shape)
 
 
-def prepare_cases(options: ClaimOptions, models: ModelCache) -> list[ClaimCase]:
+def prepare_cases(options: ClaimOptions, models: ModelCache, load: bool = True) -> list[ClaimCase]:
     """The run's cases: claim files parsed, bound to their models, heads checked against each
-    available model (which loads it). Raises :class:`ClaimSetupError` with one line."""
+    available model (which loads it unless ``load`` is False, see :func:`validate_cases`).
+    Raises :class:`ClaimSetupError` with one line."""
     try:
         cases = select_cases(select_files(options), options)
-        validate_cases(cases, models)
+        validate_cases(cases, models, load)
     except ClaimFileError as error:
         raise ClaimSetupError(f"invalid claim file: {error}") from None
     return cases

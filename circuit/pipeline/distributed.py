@@ -6,9 +6,14 @@ the serial order (grouped by model and revision) and measures a case only if it 
 to take it (:func:`take`, an atomic file in the exchange directory), so a worker that drew a
 cheap case goes on to the next one while another is still busy with an expensive one, and
 since every worker walks forward through the same order, each model and revision loads at
-most once per worker. A worker writes its measurements to the exchange directory the
-controller made, waits until every worker has written its share, and then judges the whole
-run exactly as a serial run does (the same cases in the same order, so the same corrected
+most once per worker. Within a model and revision a worker first takes the free cases whose
+dataset it has already built (:func:`circuit.pipeline.judging.measure_cases`), so two
+workers keep to their own datasets and shared sweeps instead of rebuilding each other's.
+The controller measures nothing: it checks the claim files against the models' configs
+without loading a model (nor importing transformer-lens), so the workers start sooner.
+A worker writes its measurements to the exchange directory the controller made, waits
+until every worker has written its share, and then judges the whole run exactly as a
+serial run does (the same cases in the same order, so the same corrected
 p-values and verdicts; which worker measured a case does not change its numbers). The
 controller reads the same files once the workers are done and writes the reports, so a run
 with ``-n N`` gives the serial run's JSON report.

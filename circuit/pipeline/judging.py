@@ -7,7 +7,7 @@ rule, producing one :class:`~circuit.reports.ClaimRecord` per case.
 """
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from circuit import ablation, attribution, metrics, patching, paths
@@ -191,9 +191,7 @@ def measure_cases(
     for (model, revision), indices in groups.items():
         start = time.perf_counter()
         subjects: dict[tuple, Subject | str] = {}
-        for index in indices:
-            if take is not None and not take(index):
-                continue
+        for index in _taken(indices, cases, subjects, take):
             case = cases[index]
             measured[index] = _measure_in_group(case, models, store, subjects, keep, progress)
         if not subjects:
@@ -204,6 +202,33 @@ def measure_cases(
         if seconds is not None:
             seconds[f"{model}@{revision or 'default'}"] = time.perf_counter() - start
     return [measured[i] for i in sorted(measured)]
+
+
+def _taken(
+    indices: Sequence[int],
+    cases: Sequence[ClaimCase],
+    subjects: Mapping[tuple, object],
+    take: Callable[[int], bool] | None,
+) -> Iterator[int]:
+    """The cases of one model x revision this process measures, in order.
+
+    Serially, all of them in the run's order. With ``take`` (a pytest-xdist worker), the
+    next case is the first one not yet taken whose subject this worker has already built
+    (its dataset and shared sweeps are in this worker's store), else the first one not yet
+    taken: workers that start on different subjects keep to them instead of building each
+    other's.
+    """
+    if take is None:
+        yield from indices
+        return
+    pending = list(indices)
+    while pending:
+        built = [i for i in pending if _subject_key(cases[i]) in subjects]
+        for index in built + [i for i in pending if i not in built]:
+            pending.remove(index)
+            if take(index):
+                yield index
+                break
 
 
 def _subject_key(case: ClaimCase) -> tuple:

@@ -87,6 +87,9 @@ class ClaimSession:
     """``model@revision`` -> seconds spent loading and measuring its cases."""
     share: Share | None = None
     """This process's share of a distributed run (a pytest-xdist worker), else None."""
+    controller: bool = False
+    """Whether this process is a pytest-xdist controller (it measures nothing, so it checks
+    claim files against model configs without loading the models)."""
     fuzz_examples: int = 0
     """Datasets drawn per claim (``--claims-fuzz``; 0: no fuzzing; docs/fuzzing.md)."""
     fuzz_targets: list[FuzzTarget] = field(default_factory=list)
@@ -101,7 +104,7 @@ class ClaimSession:
         if not self.prepared:
             try:
                 check_options(self.options)
-                self.cases = prepare_cases(self.options, self.models)
+                self.cases = prepare_cases(self.options, self.models, load=not self.controller)
             except ClaimSetupError as error:
                 self.setup_error = str(error)
                 raise

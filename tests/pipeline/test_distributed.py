@@ -37,6 +37,7 @@ def test_workers_taking_turns_measure_disjoint_shares_in_serial_order(
 
     cases = [_Case(("m", "r1"), i) for i in range(3)] + [_Case(("m", "r2"), i) for i in (3, 4)]
     monkeypatch.setattr(judging, "_measure_in_group", _fake_measure)
+    monkeypatch.setattr(judging, "_subject_key", lambda case: case.subject)
     models = _Models()
     owners: dict[int, str] = {}
     turn = iter(["gw0", "gw1", "gw1", "gw0", "gw1"])
@@ -57,10 +58,27 @@ def test_workers_taking_turns_measure_disjoint_shares_in_serial_order(
     assert models.released == 4  # each worker released each revision it measured once
 
 
+def test_a_worker_keeps_to_the_subjects_it_has_built(monkeypatch: pytest.MonkeyPatch):
+    """A worker's next case is the first free one whose dataset it already holds, else the
+    first free one; a serial run keeps the run's order."""
+    from circuit.pipeline import judging
+
+    monkeypatch.setattr(judging, "_subject_key", lambda case: case.subject)
+    cases = [_Case(("m", "r"), i, subject) for i, subject in enumerate("ABAB")]
+    subjects: dict[str, str] = {}
+    order = judging._taken(range(4), cases, subjects, lambda i: i != 0)  # another took case 0
+    assert next(order) == 1
+    subjects["B"] = "built"
+    assert next(order) == 3  # B's other case before the earlier A case
+    assert list(order) == [2]
+    assert list(judging._taken(range(4), cases, {"B": "built"}, None)) == [0, 1, 2, 3]
+
+
 class _Case:
-    def __init__(self, group: tuple[str, str], index: int) -> None:
+    def __init__(self, group: tuple[str, str], index: int, subject: str = "") -> None:
         self.model, self.revision = group
         self.index = index
+        self.subject = subject or f"{group}-{index}"
 
 
 class _Models:
@@ -71,7 +89,7 @@ class _Models:
 
 
 def _fake_measure(case, models, store, subjects, keep, progress):
-    subjects[(case.model, case.revision)] = "built"
+    subjects[case.subject] = "built"
     return type("Measured", (), {"case": case})()
 
 
