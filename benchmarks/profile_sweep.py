@@ -39,6 +39,32 @@ def matmul_rate(rows: int, d_model: int, d_mlp: int) -> float:
     return rows * d_model * d_mlp * reps / (time.perf_counter() - start)
 
 
+MATMUL_OPS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::addmm_",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::baddbmm_",
+)
+
+
+def matmul_flops(events) -> float:
+    """FLOPs of every matmul the profile saw (2 per multiply-add). The profiler counts ``mm``,
+    ``addmm`` and ``bmm`` itself but not the in-place ``addmm_`` and ``baddbmm_`` the engine
+    accumulates with; those are counted from their recorded input shapes
+    (``self [.., m, n]``, ``a [.., m, k]``, ``b [.., k, n]``)."""
+    total = 0.0
+    for event in events:
+        if event.key in ("aten::addmm_", "aten::baddbmm_"):
+            out, a = event.input_shapes[0], event.input_shapes[1]
+            batch = out[0] if len(out) == 3 else 1
+            total += 2.0 * batch * out[-2] * out[-1] * a[-1] * event.count
+        elif event.key in MATMUL_OPS:
+            total += event.flops or 0
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", default="z")
@@ -83,14 +109,13 @@ def main() -> int:
     sweep()
     seconds = time.perf_counter() - start
     rate_after = matmul_rate(4096, model.cfg.d_model, model.cfg.d_mlp)
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
         sweep()
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.top))
     total = sum(e.self_cpu_time_total for e in events) / 1e6
-    matmul_ops = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")
-    matmul = sum(e.self_cpu_time_total for e in events if e.key in matmul_ops) / 1e6
-    flops = sum(e.flops or 0 for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6
+    flops = matmul_flops(prof.key_averages(group_by_input_shape=True))
     rate = 2 * max(rate_before, rate_after)  # FLOP/s (2 per multiply-add), the better one
     print(
         f"sweep {args.sweep} by_position={args.by_position} metric={args.metric}: "

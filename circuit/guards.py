@@ -327,12 +327,13 @@ def verify_cell(
     logits_to_value: Callable[[torch.Tensor], torch.Tensor],
     fast_value: torch.Tensor,
     atol: float,
-) -> None:
+) -> torch.Tensor:
     """Prove one cell's patch took effect and matches the fast routine; raise otherwise.
 
     ``clean_activation``/``corrupted_activation``: the site's activation in the clean and the
     corrupted run (hook layout). ``logits_to_value`` maps the bridge's logits to the value the
-    fast routine reported (``fast_value``) for this cell.
+    fast routine reported (``fast_value``) for this cell. Returns the bridge's patched logits
+    ``[n, seq, vocab]``.
     """
     fired: list[tuple[torch.Tensor, torch.Tensor]] = []
     mask = cell.site_mask(clean_activation.shape).to(clean_activation.device)
@@ -371,6 +372,7 @@ def verify_cell(
             f"{where}: the fast routine's value {fast_value.flatten()[:4].tolist()} differs from "
             f"the hooked model's {bridge_value.flatten()[:4].tolist()}"
         )
+    return logits
 
 
 def verify_forward_site(

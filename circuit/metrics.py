@@ -240,15 +240,20 @@ def _same(got: object, want: torch.Tensor) -> bool:
     return bool(torch.allclose(got.to(want), want, rtol=0, atol=1e-6 * scale))
 
 
-def _probe(metric: Callable, final: torch.Tensor, other: torch.Tensor, seq_len: int) -> str | None:
+def _probe(
+    metric: Callable, final: torch.Tensor, other: torch.Tensor, probe: torch.Tensor
+) -> str | None:
     """None when ``metric`` gives the same finite value on ``final`` (``[n, 1, vocab]``, what the
     fast path passes) as on ``[n, seq_len, vocab]`` logits ending with ``final`` whose earlier
-    positions are all NaN, or all the other run's final logits ``other``; else why not."""
+    positions are all NaN, or all the other run's final logits ``other``; else why not.
+    ``probe``: an ``[n, seq_len, vocab]`` buffer the probes are written into (one allocation
+    for every probe: a fresh tensor of that size costs its page faults each time on CPU)."""
     want = metric(final)
     if not isinstance(want, torch.Tensor) or not bool(torch.isfinite(want).all()):
         return "its value on the final position's logits [n, 1, vocab] is not a finite tensor"
-    earlier = (final.shape[0], seq_len - 1, final.shape[2])
-    probe = torch.cat([other.expand(earlier), final], dim=1)
+    want = want.clone()
+    probe[:, :-1] = other
+    probe[:, -1:] = final
     if not _same(metric(probe), want):
         return "it changes when the earlier positions hold the other run's logits"
     probe[:, :-1] = float("nan")
@@ -261,6 +266,7 @@ def metric_access(
     metric: Metric,
     finals: tuple[torch.Tensor, torch.Tensor] | None = None,
     seq_len: int | None = None,
+    probe: torch.Tensor | None = None,
 ) -> MetricAccess:
     """THE decision: what a sweep must compute for ``metric``.
 
@@ -270,7 +276,8 @@ def metric_access(
     value on the final position alone (what the fast path passes) is finite and equals its value
     on ``[n, seq_len, vocab]`` logits ending with that position whose earlier positions are all
     NaN, and all the other run's final logits. Then the vocabulary columns it reads are found
-    (:func:`_read_columns`). A metric that reads earlier positions only on some inputs can pass
+    (:func:`_read_columns`). ``probe``: an ``[n, seq_len, vocab]`` buffer to write the probes
+    into (else one is allocated). A metric that reads earlier positions only on some inputs can pass
     the probe; the sweeps' runtime proof (the largest cell re-run through the model's hooks with
     full logits) then fails loudly. :class:`EveryPosition` skips the probe. See
     :data:`FINAL_ONLY_CONTRACT`.
@@ -283,9 +290,12 @@ def metric_access(
         return MetricAccess(READS_ALL, "no baseline logits to probe it on")
     clean, corrupted = finals
     if seq_len > 1:
+        shape = (clean.shape[0], seq_len, clean.shape[2])
+        if probe is None or tuple(probe.shape) != shape:
+            probe = clean.new_empty(shape)
         for name, final, other in (("clean", clean, corrupted), ("corrupted", corrupted, clean)):
             try:
-                why = _probe(metric, final, other, seq_len)
+                why = _probe(metric, final, other, probe)
             except Exception as error:  # a metric that cannot take the probe reads everything
                 why = f"it raised {type(error).__name__}: {str(error)[:120]}"
             if why is not None:

@@ -39,9 +39,16 @@ model recompute only the patched head at the patched layer (only query row ``pos
 at the first position where the clean activation differs from the corrupted one (before it the
 patch is a no-op). Nothing synchronises per cell (one check per layer finds that position).
 
+``patch_resid`` batches the positions of a layer into groups (:func:`_position_groups`): each
+group's variants run from its first position, at most :data:`RESID_GROUP_WASTE` times the work
+of one forward per position; positions before the first that differs are the unpatched value.
+
 Proof: with ``verify=True`` (default) the cell with the largest effect is
 re-run through the model's own hooks and :func:`circuit.guards.verify_cell` proves the hook fired,
-changed exactly the intended site, and gives the value the fast routine reported.
+changed exactly the intended site, and gives the value the fast routine reported, on the first
+:data:`circuit.guards.VERIFY_PROMPTS` prompts (a per-prompt or final-position metric; a
+final-position callable then also sees every prompt once, :func:`_prove_final_only`) or on all
+of them (a metric that reads every position).
 """
 
 from collections.abc import Callable
@@ -65,7 +72,7 @@ from circuit.engine.forward import (
 )
 from circuit.engine.kernels import attend
 from circuit.engine.lowrank import NextBlock, block_after_head_write, prepare_next_block
-from circuit.engine.memory import DEFAULT_MEMORY_BUDGET, plan_for
+from circuit.engine.memory import DEFAULT_MEMORY_BUDGET, plan_for, scratch
 from circuit.engine.weights import ForwardWeights, weights_of
 from circuit.guards import Cell, PatchingError
 from circuit.metrics import (
@@ -121,6 +128,11 @@ class SweepStats:
         self.row_layer_positions += rows * layers * positions
 
 
+REMEMBER_BYTES = 64 * 2**20
+"""The most bytes a sweep with a final-position callable keeps of its cells' final residual
+streams for the proof (a cell beyond it is re-run once, if it is the one proved)."""
+
+
 class _Evaluator:
     """Turns chunks of patched forwards into metric values ``[variants, n]`` or ``[variants]``.
 
@@ -139,6 +151,15 @@ class _Evaluator:
         self.n = int(base.tokens.shape[0])
         self.w = w
         self.base_logits = None
+        self.remembered: dict[tuple, torch.Tensor] = {}
+        """Per cell, its final residual stream at the last position ``[n, d_model]`` as the
+        sweep computed it (final-position callables only, while :data:`REMEMBER_BYTES`
+        allows): what :func:`_prove_final_only` proves, without re-running the cell."""
+        self.remembered_bytes = 0
+        self.unembed_columns: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.full_logits_buffer: torch.Tensor | None = None
+        """``[n, seq, vocab]``: the probes' buffer (a final-position callable), kept for its
+        proof (:func:`_prove_final_only`): one vocabulary-wide allocation, not two."""
         if reads_answer_logits_only(metric):
             self.access = metric_access(metric)
             if metric.answers.shape[0] != self.n:
@@ -150,8 +171,12 @@ class _Evaluator:
             self.answers = metric.answers.to(w.device)
         elif callable(metric):
             finals = tuple(final_logits(w, run.resid_final[:, -1]) for run in (clean, base))
-            self.access = metric_access(metric, finals, int(base.tokens.shape[1]))
+            seq = int(base.tokens.shape[1])
+            self.full_logits_buffer = finals[0].new_empty((self.n, seq, w.d_vocab))
+            self.access = metric_access(metric, finals, seq, self.full_logits_buffer)
             del finals
+            if not self.access.final_only:
+                self.full_logits_buffer = None
             if not self.access.final_only:
                 self.base_logits = logits_of(w, base)
             self.metric = metric
@@ -162,6 +187,24 @@ class _Evaluator:
         self.final_only = self.access.final_only
         self.per_prompt = per_prompt or self.fast
         self.calls = None if self.fast else VariantCalls(self.metric, self._check)
+
+    def remember(self, cells: list[tuple], resid: Float[torch.Tensor, "rows pos d_model"]) -> None:
+        """Keep each cell's last-position residual stream (``resid``'s rows: ``cells`` x ``n``,
+        cell-major) for the proof, while the kept bytes stay under :data:`REMEMBER_BYTES`."""
+        if self.fast or not self.final_only:
+            return
+        size = resid.shape[0] * resid.shape[-1] * resid.element_size()
+        if self.remembered_bytes + size > REMEMBER_BYTES:
+            return
+        finals = resid[:, -1].reshape(len(cells), self.n, resid.shape[-1]).clone()
+        self.remembered.update(zip(cells, finals, strict=True))
+        self.remembered_bytes += size
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the evaluator keeps for the whole sweep (the probes' buffer)."""
+        buffer = self.full_logits_buffer
+        return 0 if buffer is None else buffer.numel() * buffer.element_size()
 
     def _check(self, value: object) -> torch.Tensor:
         return guards.check_metric_output(value, self.per_prompt, self.n)
@@ -185,15 +228,24 @@ class _Evaluator:
 
     def final_logits(self, resid: Float[torch.Tensor, "rows pos d_model"]) -> torch.Tensor:
         """The final position's logits ``[rows, 1, vocab]`` (only the columns the metric reads,
-        the others NaN, when :func:`circuit.metrics.metric_access` found them)."""
-        return final_logits(self.w, resid[:, -1], self.access.columns)
+        the others NaN, when :func:`circuit.metrics.metric_access` found them). With the columns
+        found they are written into a reused buffer (:func:`circuit.engine.memory.scratch`),
+        valid until the next call: metric values computed from it are cloned at once."""
+        columns = self.access.columns
+        if columns is None:
+            return final_logits(self.w, resid[:, -1], None)
+        buffer = scratch("final_logits", (resid.shape[0], 1, self.w.d_vocab), resid)
+        if self.unembed_columns is None:
+            self.unembed_columns = (self.w.W_U[:, columns], self.w.b_U[columns])
+        return final_logits(self.w, resid[:, -1], columns, buffer, self.unembed_columns)
 
     def values(self, out: ForwardOutput, start_pos: int) -> torch.Tensor:
         """Metric values of ``out`` (rows ``variants x n``)."""
         if self.fast:
             return self.from_answer_logits(out.answer_logits)
         if self.final_only:
-            return self.calls(self.final_logits(out.resid).view(-1, self.n, 1, self.w.d_vocab))
+            logits = self.final_logits(out.resid).view(-1, self.n, 1, self.w.d_vocab)
+            return self.calls(logits).clone()
         logits = out.logits.view(-1, self.n, *out.logits.shape[1:])
         if start_pos > 0:
             prefix = self.base_logits[:, :start_pos].to(logits.dtype)
@@ -211,24 +263,35 @@ class _Evaluator:
     def verify_prompts(self) -> int:
         """How many (leading) prompts the guards re-run through the hooked model.
 
-        :data:`circuit.guards.VERIFY_PROMPTS` with a per-prompt metric; every prompt with a
-        generic callable, whose value need not decompose over prompts.
+        :data:`circuit.guards.VERIFY_PROMPTS` for a per-prompt metric and for a callable that
+        reads the final position only (its proof compares those prompts' logits, then calls the
+        metric once on every prompt: :func:`_verify_on_bridge`); every prompt for a callable that
+        reads earlier positions, whose value need not decompose over prompts.
         """
-        return min(self.n, guards.VERIFY_PROMPTS) if self.fast else self.n
+        return min(self.n, guards.VERIFY_PROMPTS) if self.final_only else self.n
 
     def bridge_value(self, logits: Float[torch.Tensor, "m seq vocab"]) -> torch.Tensor:
-        """The metric of the hooked model's full logits for the leading ``m`` prompts (a
-        callable always gets full logits here: this is what proves a final-only guess)."""
+        """What the proof compares for the hooked model's full logits of the leading ``m``
+        prompts: per-prompt values (:class:`LogitDiffMetric`); the final position's logits at
+        the columns the metric reads (a final-position callable); the metric's value (any
+        other callable, which then sees every prompt)."""
         if self.fast:
             return self.metric.for_prompts(logits.shape[0])(logits)
+        if self.final_only:
+            return self.read_columns(logits[:, -1])
         return self.call(logits)
+
+    def read_columns(self, logits: Float[torch.Tensor, "m vocab"]) -> torch.Tensor:
+        """The vocabulary columns the metric reads (all, when they were not found)."""
+        columns = self.access.columns
+        return logits if columns is None else logits[:, columns.to(logits.device)]
 
     def unpatched(self, w: ForwardWeights, base: RunCache) -> torch.Tensor:
         """The metric of the unpatched base run, ``[1, n]`` or ``[1]``."""
         if self.fast:
             return self.from_answer_logits(answer_logits(w, base.resid_final[:, -1], self.answers))
         if self.final_only:
-            return self.call(self.final_logits(base.resid_final))[None]
+            return self.call(self.final_logits(base.resid_final)).clone()[None]
         return self.call(logits_of(w, base))[None]
 
 
@@ -278,39 +341,18 @@ def _sweep_layer(
     before it. ``wanted``: patch only these heads (the others' values are NaN).
     """
     n, seq = base.tokens.shape
-    start_pos = 0 if pos is None else pos
-    shortcut = _shortcut(w, component, evaluator, base)
     first_diff = min(first_diff, seq - 1)
     swept = list(range(w.n_heads)) if wanted is None else wanted
     parts = []
     for first in range(0, len(swept), chunk):
         heads = torch.tensor(swept[first : first + chunk], dtype=torch.long, device=w.device)
-        rows = len(heads) * n
-        if shortcut and component == "z":
-            out = _z_shortcut(w, layer, heads, pos, clean, base, evaluator, first_diff, next_block)
-            layers = w.n_layers - layer - 1
-            start_pos = first_diff if pos is None else pos
-        elif shortcut:
-            out = _head_shortcut(
-                w, component, layer, heads, pos, clean, base, evaluator, first_diff, next_block
-            )
-            layers = w.n_layers - layer - 1
-            start_pos = first_diff if pos is None else pos
-        else:
-            resid = base.resid_pre[layer][:, start_pos:]
-            edit = _head_edit(component, layer, heads, pos, clean, n)
-            out = forward(
-                w,
-                resid,
-                start_layer=layer,
-                start_pos=start_pos,
-                prefix=base,
-                edits=[edit],
-                **evaluator.forward_kwargs(),
-            )
-            layers = w.n_layers - layer
-        stats.count(rows, layers, seq - start_pos)
-        parts.append(evaluator.values(out, start_pos))
+        out, layers, start = _patched_output(
+            w, component, layer, heads, pos, clean, base, evaluator, first_diff, next_block
+        )
+        stats.count(len(heads) * n, layers, seq - start)
+        cells = [(layer, pos, head) for head in swept[first : first + chunk]]
+        evaluator.remember(cells, out.resid)
+        parts.append(evaluator.values(out, start))
     if wanted is None:
         return torch.cat(parts)
     tail = (n,) if evaluator.per_prompt else ()
@@ -320,6 +362,43 @@ def _sweep_layer(
         full = full.to(values.dtype)
         full[torch.tensor(wanted, dtype=torch.long, device=full.device)] = values
     return full
+
+
+def _patched_output(
+    w: ForwardWeights,
+    component: str,
+    layer: int,
+    heads: Int[torch.Tensor, " variants"],
+    pos: int | None,
+    clean: RunCache,
+    base: RunCache,
+    evaluator: _Evaluator,
+    first_diff: int,
+    next_block: NextBlock | None,
+) -> tuple[ForwardOutput, int, int]:
+    """The forward of variants patching ``heads[v]``'s ``component`` at ``layer`` (and ``pos``),
+    by the shortcut when it applies (:func:`_shortcut`), else as a plain edited forward; with
+    the layers it ran and the position it recomputed from (for :class:`SweepStats`)."""
+    if _shortcut(w, component, evaluator, base):
+        start_pos = first_diff if pos is None else pos
+        if component == "z":
+            out = _z_shortcut(w, layer, heads, pos, clean, base, evaluator, first_diff, next_block)
+        else:
+            out = _head_shortcut(
+                w, component, layer, heads, pos, clean, base, evaluator, first_diff, next_block
+            )
+        return out, w.n_layers - layer - 1, start_pos
+    start_pos = 0 if pos is None else pos
+    out = forward(
+        w,
+        base.resid_pre[layer][:, start_pos:],
+        start_layer=layer,
+        start_pos=start_pos,
+        prefix=base,
+        edits=[_head_edit(component, layer, heads, pos, clean, int(base.tokens.shape[0]))],
+        **evaluator.forward_kwargs(),
+    )
+    return out, w.n_layers - layer, start_pos
 
 
 def _shortcut(w: ForwardWeights, component: str, evaluator: _Evaluator, base: RunCache) -> bool:
@@ -486,7 +565,10 @@ def _sweep(
         variants = plan.variants
         if not fast:
             width = w.d_vocab * (1 if evaluator.final_only else seq)  # the metric's input
-            variants = plan_for(w, n, seq, n_variants, memory_budget, width).variants
+            reused = evaluator.final_only and evaluator.access.columns is not None
+            held = evaluator.held_bytes
+            budget = max(1, memory_budget - held)
+            variants = plan_for(w, n, seq, n_variants, budget, width, reused).variants
         values = body(w, clean, base, evaluator, variants)
         checked = values
         if skipped is not None:
@@ -672,28 +754,94 @@ def _verify_on_bridge(
     base: RunCache,
     evaluator: _Evaluator,
     value: torch.Tensor,
+    patched_final: Callable[[], Float[torch.Tensor, "n d_model"]],
 ) -> None:
     """:func:`circuit.guards.verify_cell` on the evaluator's leading ``verify_prompts`` prompts.
 
     ``clean_act``/``base_act`` have the prompt dim first; ``value`` is the cell's ``[n]``
-    per-prompt values (or its scalar, when every prompt is verified).
+    per-prompt values (or its scalar). ``patched_final`` computes the cell's final residual
+    stream at the last position on every prompt with the plain functional forward (one edit, no
+    shortcut); a callable that reads the final position only is proved with it
+    (:func:`_prove_final_only`).
     """
     rows = evaluator.verify_prompts
-    try:
-        guards.verify_cell(
-            model,
-            cell,
-            base.tokens[:rows],
-            clean_act[:rows],
-            base_act[:rows],
-            evaluator.bridge_value,
-            value[:rows] if evaluator.per_prompt else value,
-            _tolerance(w),
+    if evaluator.final_only and not evaluator.fast:
+        _prove_final_only(
+            model, w, cell, clean_act, base_act, base, evaluator, value, patched_final
         )
-    except guards.PatchNotApplied as error:
-        if evaluator.fast or not evaluator.final_only:
-            raise
-        raise guards.PatchNotApplied(f"{error}. {wrong_guess(evaluator.access)}") from error
+        return
+    guards.verify_cell(
+        model,
+        cell,
+        base.tokens[:rows],
+        clean_act[:rows],
+        base_act[:rows],
+        evaluator.bridge_value,
+        value[:rows] if evaluator.per_prompt else value,
+        _tolerance(w),
+    )
+
+
+def _prove_final_only(
+    model: torch.nn.Module,
+    w: ForwardWeights,
+    cell: Cell,
+    clean_act: torch.Tensor,
+    base_act: torch.Tensor,
+    base: RunCache,
+    evaluator: _Evaluator,
+    value: torch.Tensor,
+    patched_final: Callable[[], Float[torch.Tensor, "n d_model"]],
+) -> None:
+    """The proof for a callable judged to read the final position only, in two steps.
+
+    1. The bridge, hooked, re-runs the cell on the leading ``verify_prompts`` prompts with full
+       logits (:func:`circuit.guards.verify_cell`: the hook fired, changed the site only), and
+       its final-position logits at the columns the metric reads must equal the plain
+       functional forward's (``patched_final``; prompts are independent rows of it).
+    2. The metric is called once on ``[n, seq, vocab]`` logits: the bridge's full logits for
+       those prompts, and for every other prompt the functional forward's final position with
+       every earlier position NaN. It must give the value the sweep reported from final-only
+       logits: a metric that reads an earlier position on this input (a wrong final-only
+       guess) sees NaN, or the bridge's real logits, and fails here.
+
+    Costs a hooked forward of ``verify_prompts`` prompts and a functional forward of one cell,
+    not a hooked forward of every prompt.
+    """
+    rows = evaluator.verify_prompts
+    n, seq = base.tokens.shape
+    tolerance = _tolerance(w)
+    finals = evaluator.final_logits(patched_final()[:, None])  # [n, 1, vocab]
+    bridge_logits = guards.verify_cell(
+        model,
+        cell,
+        base.tokens[:rows],
+        clean_act[:rows],
+        base_act[:rows],
+        evaluator.bridge_value,
+        evaluator.read_columns(finals[:rows, 0]),
+        tolerance,
+    )
+    logits = evaluator.full_logits_buffer
+    if logits is None or tuple(logits.shape) != (n, seq, w.d_vocab):
+        logits = finals.new_empty((n, seq, w.d_vocab))
+    logits[:, :-1] = float("nan")
+    logits[:, -1] = finals[:, 0]
+    logits[:rows] = bridge_logits.to(logits)
+    try:
+        proved = evaluator.call(logits)
+    except MetricError as error:
+        raise guards.PatchNotApplied(
+            f"{cell.component} patch at {cell.describe()}: {error}. {wrong_guess(evaluator.access)}"
+        ) from error
+    if not torch.allclose(proved, value.to(proved), atol=tolerance, rtol=1e-4):
+        raise guards.PatchNotApplied(
+            f"{cell.component} patch at {cell.describe()}: the metric gives "
+            f"{proved.flatten()[:4].tolist()} on the hooked model's full logits (and the "
+            f"functional forward's final position, earlier positions NaN), the sweep reported "
+            f"{value.flatten()[:4].tolist()} from final-position logits. "
+            f"{wrong_guess(evaluator.access)}"
+        )
 
 
 def _verify_heads(model, w, component, by_position, values, clean, base, evaluator) -> None:
@@ -707,10 +855,22 @@ def _verify_heads(model, w, component, by_position, values, clean, base, evaluat
     cell = Cell(component, layer, head, pos)
     clean_act = clean.activation(component, layer)
     base_act = base.activation(component, layer)
-    _verify_on_bridge(model, w, cell, clean_act, base_act, base, evaluator, values[index])
     start_pos = 0 if pos is None else pos
     edit = _head_edit(
         component, layer, torch.tensor([head], device=w.device), pos, clean, base.tokens.shape[0]
+    )
+
+    def patched_final() -> torch.Tensor:  # the sweep's own result or code path, for this cell
+        if (layer, pos, head) in evaluator.remembered:
+            return evaluator.remembered[(layer, pos, head)]
+        pos_dim = 2 if component == "pattern" else 1
+        first_diff = min(first_difference(clean_act, base_act, pos_dim), base.tokens.shape[1] - 1)
+        heads = torch.tensor([head], device=w.device)
+        args = (w, component, layer, heads, pos, clean, base, evaluator, first_diff, None)
+        return _patched_output(*args)[0].resid[:, -1]
+
+    _verify_on_bridge(
+        model, w, cell, clean_act, base_act, base, evaluator, values[index], patched_final
     )
     out = forward(
         w,
@@ -725,6 +885,101 @@ def _verify_heads(model, w, component, by_position, values, clean, base, evaluat
     guards.verify_forward_site(
         cell, out.records[(layer, component)], clean_act, base_act, _tolerance(w)
     )
+
+
+RESID_GROUP_WASTE = 1.25
+"""The most recomputation a group of ``resid_pre`` patches may cost against one forward per
+position: a group of positions ``p0 .. p1 - 1`` runs every variant from ``p0``."""
+
+
+def _position_groups(first: int, seq: int, most: int) -> list[tuple[int, int]]:
+    """Consecutive positions ``first .. seq - 1`` in groups ``(start, stop)`` of at most
+    ``most``, each as wide as :data:`RESID_GROUP_WASTE` allows: a group costs ``(stop - start)
+    x (seq - start)`` recomputed positions per layer, one forward per position would cost
+    ``sum(seq - p)``. Fewer, wider forwards; the wasted work stays bounded."""
+    groups = []
+    start = first
+    while start < seq:
+        stop = start + 1
+        while stop < seq and stop - start < most:
+            wider = stop + 1 - start
+            needed = sum(seq - p for p in range(start, stop + 1))
+            if wider * (seq - start) > RESID_GROUP_WASTE * needed:
+                break
+            stop += 1
+        groups.append((start, stop))
+        start = stop
+    return groups
+
+
+def _resid_forward(
+    w: ForwardWeights,
+    layer: int,
+    start: int,
+    stop: int,
+    clean: RunCache,
+    base: RunCache,
+    evaluator: _Evaluator,
+) -> ForwardOutput:
+    """One batched forward of the variants patching ``resid_pre`` at ``layer`` and each
+    position ``start .. stop - 1`` (rows ``variants x n``, variant-major), from ``start``:
+    variant ``v`` is the corrupted residual stream with position ``start + v`` clean (the
+    positions between ``start`` and its own are recomputed unchanged, the price of one batch)."""
+    if w.parallel and evaluator.final_only:
+        return _resid_shortcut(w, layer, start, stop, clean, base, evaluator)
+    n = int(base.tokens.shape[0])
+    variants = stop - start
+    resid = base.resid_pre[layer][:, start:].expand(variants, -1, -1, -1).clone()
+    offsets = torch.arange(variants, device=resid.device)
+    resid[offsets, :, offsets] = clean.resid_pre[layer][:, start:stop].transpose(0, 1)
+    return forward(
+        w,
+        resid.view(variants * n, *resid.shape[2:]),
+        start_layer=layer,
+        start_pos=start,
+        prefix=base,
+        **evaluator.forward_kwargs(),
+    )
+
+
+def _resid_shortcut(
+    w: ForwardWeights,
+    layer: int,
+    start: int,
+    stop: int,
+    clean: RunCache,
+    base: RunCache,
+    evaluator: _Evaluator,
+) -> ForwardOutput:
+    """:func:`_resid_forward` of a parallel-attention model without running ``layer``'s block.
+
+    With ``resid_pre`` clean at position ``p`` only, that position's ``q``, ``k``, ``v`` and
+    MLP output are the clean run's, every other position's inputs are the corrupted run's, and a
+    parallel block's MLP reads ``resid_pre``: ``resid_post`` changes at ``p`` by the residual,
+    MLP and attention differences, after ``p`` by the attention difference only (later queries
+    see the clean key and value at ``p``), before ``p`` not at all. Only the attention of the
+    positions from ``start`` is recomputed (every head, the variants as batch rows); the run
+    resumes after the layer (:func:`circuit.engine.forward.forward_after_write`).
+    """
+    n, seq = base.tokens.shape
+    variants = stop - start
+    offsets = torch.arange(variants, device=w.device)
+    inputs = {}
+    for site in ("q", "k", "v"):
+        act = base.activation(site, layer)[:, start:].expand(variants, -1, -1, -1, -1).clone()
+        act[offsets, :, offsets] = clean.activation(site, layer)[:, start:stop].transpose(0, 1)
+        inputs[site] = act.flatten(0, 1)  # [variants x n, seq - start, head, d_head]
+    earlier = (base.k[layer][:, :start], base.v[layer][:, :start])
+    z = attend(w, inputs["q"], inputs["k"], inputs["v"], start, start, earlier, private=True)
+    z_diff = z.view(variants, n, seq - start, w.n_heads, w.d_head) - base.z[layer][:, start:]
+    before = torch.arange(seq - start, device=w.device)[None, :] < offsets[:, None]
+    z_diff.masked_fill_(before[:, None, :, None, None], 0.0)  # before p: the corrupted run
+    write = torch.einsum("vnphe,hed->vnpd", z_diff, w.W_O[layer])
+    own = (
+        clean.resid_pre[layer] - base.resid_pre[layer] + clean.mlp_out[layer] - base.mlp_out[layer]
+    )
+    write[offsets, :, offsets] += own[:, start:stop].transpose(0, 1)
+    return forward_after_write(w, base, layer, write, start, **evaluator.forward_kwargs())
 
 
 def patch_resid(
@@ -749,30 +1004,36 @@ def patch_resid(
 
     def body(w, clean, base, evaluator, chunk):
         n, seq = base.tokens.shape
+        unpatched = evaluator.unpatched(w, base)[0]
         rows = []
         for layer in range(w.n_layers):
-            cells = []
-            for pos in range(seq):
-                resid = base.resid_pre[layer][:, pos:].clone()
-                resid[:, 0] = clean.resid_pre[layer][:, pos]
-                out = forward(
-                    w,
-                    resid,
-                    start_layer=layer,
-                    start_pos=pos,
-                    prefix=base,
-                    **evaluator.forward_kwargs(),
-                )
-                stats.count(n, w.n_layers - layer, seq - pos)
-                cells.append(evaluator.values(out, pos)[0])
-            rows.append(torch.stack(cells))
+            clean_resid, base_resid = clean.resid_pre[layer], base.resid_pre[layer]
+            first = first_difference(clean_resid, base_resid, 1)
+            cells = [unpatched.expand(min(first, seq), *unpatched.shape)]
+            for start, stop in _position_groups(first, seq, chunk):
+                out = _resid_forward(w, layer, start, stop, clean, base, evaluator)
+                evaluator.remember([(layer, pos) for pos in range(start, stop)], out.resid)
+                stats.count((stop - start) * n, w.n_layers - layer, seq - start)
+                cells.append(evaluator.values(out, start))
+            rows.append(torch.cat(cells))
         return torch.stack(rows)
+
+    positions = clean_tokens.shape[-1] if isinstance(clean_tokens, torch.Tensor) else 1  # variants
 
     def check(w, clean, base, evaluator, values):
         layer, pos = _largest_effect(values, evaluator.unpatched(w, base), evaluator.per_prompt)
         cell = Cell("resid_pre", layer, None, pos)
         clean_act, base_act = clean.resid_pre[layer], base.resid_pre[layer]
-        _verify_on_bridge(model, w, cell, clean_act, base_act, base, evaluator, values[layer, pos])
+
+        def patched_final() -> torch.Tensor:  # the sweep's own result or code path
+            if (layer, pos) in evaluator.remembered:
+                return evaluator.remembered[(layer, pos)]
+            return _resid_forward(w, layer, pos, pos + 1, clean, base, evaluator).resid[:, -1]
+
+        value = values[layer, pos]
+        _verify_on_bridge(
+            model, w, cell, clean_act, base_act, base, evaluator, value, patched_final
+        )
 
     with torch.inference_mode():
         return _sweep(
@@ -781,9 +1042,9 @@ def patch_resid(
             corrupted_tokens,
             metric,
             per_prompt,
-            1,
-            set(),
-            {"k", "v"},
+            positions,
+            {"q", "k", "v", "mlp_out"},
+            {"q", "k", "v", "z", "mlp_out"},
             memory_budget,
             body,
             check if verify else None,

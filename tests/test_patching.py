@@ -84,6 +84,25 @@ def test_heads_equal_library_sequential_block(tiny_sequential, component, by_pos
     _close(got, p.reference(component, by_position))
 
 
+def test_resid_equals_library_sequential_block(tiny_sequential):
+    """A sequential block takes the plain batched path (no skipped block)."""
+    p = Problem(tiny_sequential, 3, 7)
+    _close(
+        patch_resid(p.model, p.clean, p.corrupted, p.metric),
+        tl.get_act_patch_resid_pre(p.model, p.corrupted, p.clean_cache, p.metric),
+    )
+
+
+@pytest.mark.parametrize(("first", "seq", "most"), [(0, 1, 4), (2, 8, 99), (4, 22, 99), (0, 30, 3)])
+def test_resid_position_groups_cover_every_position_within_the_waste_bound(first, seq, most):
+    groups = patching._position_groups(first, seq, most)
+    assert [p for a, b in groups for p in range(a, b)] == list(range(first, seq))
+    for start, stop in groups:
+        assert stop - start <= most
+        needed = sum(seq - p for p in range(start, stop))
+        assert (stop - start) * (seq - start) <= patching.RESID_GROUP_WASTE * needed
+
+
 @pytest.mark.parametrize(
     ("component", "by_position"), [("z", False), ("v", True), ("pattern", True)]
 )
@@ -389,7 +408,9 @@ def tiny32_six(tiny32):
 
 def test_bridge_proof_reruns_a_few_prompts(tiny32_six, monkeypatch):
     """With the logit-difference metric the hooked model re-runs the first
-    ``VERIFY_PROMPTS`` prompts (per-prompt values compared); a generic metric re-runs all."""
+    ``VERIFY_PROMPTS`` prompts (per-prompt values compared), and so it does with a callable
+    that reads the final position only (those prompts' final logits at the columns it reads
+    compared); a metric that reads every position re-runs all."""
     p = tiny32_six
     seen = []
     real = guards.verify_cell
@@ -405,6 +426,84 @@ def test_bridge_proof_reruns_a_few_prompts(tiny32_six, monkeypatch):
     seen.clear()
     patch_heads(p.model, p.clean, p.corrupted, _generic_metric, "z")
     assert seen == [(6, 6, ())]
+    seen.clear()
+    patch_heads(p.model, p.clean, p.corrupted, _tl_metric(p), "z")
+    patch_resid(p.model, p.clean, p.corrupted, _tl_metric(p))
+    columns = len(set(p.answers.flatten().tolist()))  # what the callable reads
+    assert seen == [(rows, rows, (rows, columns))] * 2
+
+
+def _reads_position_0_on_the_last_prompt(p: "Problem"):
+    """The final-position logit difference, plus position 0 of the last prompt when that
+    prompt's difference matches neither baseline: invisible to the probe (baselines only) and
+    to the hooked re-run of the first ``VERIFY_PROMPTS`` prompts."""
+    right, wrong, rows = p.answers[:, 0], p.answers[:, 1], torch.arange(len(p.answers))
+    with torch.inference_mode():
+        known = [
+            (logits[rows, -1, right] - logits[rows, -1, wrong])[-1]
+            for logits in (p.model(p.clean), p.model(p.corrupted))
+        ]
+
+    def sneaky(logits):
+        diff = logits[rows, -1, right] - logits[rows, -1, wrong]
+        seen = torch.zeros_like(diff[-1], dtype=torch.bool)
+        for value in known:
+            seen = seen | torch.isclose(diff[-1], value.to(diff), rtol=0, atol=1e-4)
+        extra = torch.where(seen, 0.0, logits[-1, 0, right[-1]])
+        return diff.mean() + extra
+
+    return sneaky
+
+
+@pytest.mark.parametrize("routine", ["z", "resid"])
+def test_a_metric_reading_an_earlier_position_of_a_prompt_not_re_run_is_caught(tiny32_six, routine):
+    """The proof calls the metric once on every prompt, earlier positions NaN where the hooked
+    model did not re-run the prompt: a wrong final-only guess on a later prompt fails loudly."""
+    p = tiny32_six
+    sneaky = _reads_position_0_on_the_last_prompt(p)
+    loud = (guards.PatchNotApplied, MetricError)
+    if routine == "resid":
+        sweep = lambda: patch_resid(p.model, p.clean, p.corrupted, sneaky)  # noqa: E731
+    else:
+        sweep = lambda: patch_heads(p.model, p.clean, p.corrupted, sneaky, "z")  # noqa: E731
+    with pytest.raises(loud, match="judged to read only the final position"):
+        sweep()
+
+
+def test_a_wrong_rank_d_head_block_is_caught_with_a_callable(tiny32_six, monkeypatch):
+    """The proof of a final-position callable compares the sweep's own final logits of the
+    proved cell with the hooked model's, so a broken shortcut is caught there too."""
+    p = tiny32_six
+    real = patching.block_after_head_write
+
+    def inflated(w, base, prepared, heads, z_diff, start_pos):
+        return real(w, base, prepared, heads, 3 * z_diff, start_pos)
+
+    monkeypatch.setattr(patching, "block_after_head_write", inflated)
+    with pytest.raises(guards.PatchNotApplied, match="differs from the hooked model"):
+        patch_heads(p.model, p.clean, p.corrupted, _tl_metric(p), "z")
+
+
+@pytest.mark.parametrize(
+    ("component", "by_position"), [("v", False), ("pattern", True), ("resid", True)]
+)
+def test_the_proof_reruns_the_cell_when_the_sweep_kept_nothing(
+    tiny32_six, monkeypatch, component, by_position
+):
+    """Past ``REMEMBER_BYTES`` the proved cell is re-run by the sweep's code path; the values
+    and the proof's verdict do not depend on it."""
+    p = tiny32_six
+    metric = _tl_metric(p)
+
+    def run():
+        if component == "resid":
+            return patch_resid(p.model, p.clean, p.corrupted, metric)
+        return patch_heads(p.model, p.clean, p.corrupted, metric, component, by_position)
+
+    kept = run()
+    monkeypatch.setattr(patching, "REMEMBER_BYTES", 0)
+    rerun = run()
+    torch.testing.assert_close(rerun, kept, rtol=0, atol=0)
 
 
 def test_a_wrong_rank_d_head_block_is_caught(tiny32_six, monkeypatch):

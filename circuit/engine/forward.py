@@ -419,15 +419,22 @@ def final_logits(
     w: ForwardWeights,
     resid_final: Float[torch.Tensor, "batch d_model"],
     columns: Int[torch.Tensor, " c"] | None = None,
+    out: Float[torch.Tensor, "batch 1 vocab"] | None = None,
+    unembed_columns: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Float[torch.Tensor, "batch 1 vocab"]:
     """The final position's logits ``[batch, 1, vocab]``; with ``columns`` only those vocabulary
     columns are unembedded and every other one is NaN (a metric that reads one turns NaN, which
-    the sweeps refuse loudly)."""
+    the sweeps refuse loudly). ``out``: a buffer to write them into (with ``columns``; a reused
+    buffer spares the page faults of a fresh vocabulary-wide tensor on CPU);
+    ``unembed_columns``: ``W_U[:, columns]`` and ``b_U[columns]``, when already gathered."""
     xn = normalise(resid_final, w.ln_final_w, w.ln_final_b, w.eps)
     if columns is None:
         return (xn @ w.W_U + w.b_U)[:, None]
-    out = xn.new_full((xn.shape[0], 1, w.d_vocab), float("nan"))
-    out[:, 0, columns] = xn @ w.W_U[:, columns] + w.b_U[columns]
+    if out is None:
+        out = xn.new_empty((xn.shape[0], 1, w.d_vocab))
+    weight, bias = unembed_columns or (w.W_U[:, columns], w.b_U[columns])
+    out.fill_(float("nan"))
+    out[:, 0, columns] = torch.addmm(bias, xn, weight)
     return out
 
 

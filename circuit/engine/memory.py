@@ -115,6 +115,7 @@ def plan_sweep(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     max_tensor_bytes: int | None = None,
     logit_width: int = 0,
+    logits_reused: bool = False,
 ) -> SweepPlan:
     """Plan a sweep of ``n_variants`` patched variants of ``n`` prompts (see :class:`SweepPlan`).
 
@@ -123,7 +124,9 @@ def plan_sweep(
     that its widest activation (``rows x seq_len x max(d_mlp, 3 * n_heads * d_head)``) stays
     under it (see :data:`CPU_TENSOR_BYTES`); a single variant always runs. ``logit_width``: the
     logits one batch row ends with (``vocab`` for a final-position callable metric, ``seq_len x
-    vocab`` for one that reads every position, 0 for the answer logits).
+    vocab`` for one that reads every position, 0 for the answer logits); ``logits_reused``: they
+    are written into a reused buffer (:func:`scratch`), so they count against the budget but not
+    against ``max_tensor_bytes`` (a kept buffer costs no fresh pages).
     """
     _check_budget(memory_budget)
     row = activation_bytes_per_row(d_model, n_heads, d_head, d_mlp, seq_len, bytes_per_element)
@@ -133,7 +136,9 @@ def plan_sweep(
     left = memory_budget - prompts * cache
     variants = int(min(n_variants, max(1, left // (row * prompts))))
     if max_tensor_bytes is not None:
-        width = max(seq_len * max(d_mlp, 3 * n_heads * d_head), logit_width)
+        width = seq_len * max(d_mlp, 3 * n_heads * d_head)
+        if not logits_reused:
+            width = max(width, logit_width)
         widest = prompts * width * bytes_per_element
         variants = min(variants, max(1, max_tensor_bytes // max(widest, 1)))
     return SweepPlan(prompts, variants, prompts * cache + variants * prompts * row)
@@ -146,8 +151,9 @@ def plan_for(
     n_variants: int,
     memory_budget: int,
     logit_width: int = 0,
+    logits_reused: bool = False,
 ) -> SweepPlan:
-    """:func:`plan_sweep` for these weights (``logit_width``: see there)."""
+    """:func:`plan_sweep` for these weights (``logit_width``, ``logits_reused``: see there)."""
     return plan_sweep(
         w.n_layers,
         w.d_model,
@@ -161,6 +167,7 @@ def plan_for(
         memory_budget,
         CPU_TENSOR_BYTES if w.device.type == "cpu" else None,
         logit_width,
+        logits_reused,
     )
 
 
