@@ -759,10 +759,10 @@ def _verify_on_bridge(
     """:func:`circuit.guards.verify_cell` on the evaluator's leading ``verify_prompts`` prompts.
 
     ``clean_act``/``base_act`` have the prompt dim first; ``value`` is the cell's ``[n]``
-    per-prompt values (or its scalar). ``patched_final`` computes the cell's final residual
-    stream at the last position on every prompt with the plain functional forward (one edit, no
-    shortcut); a callable that reads the final position only is proved with it
-    (:func:`_prove_final_only`).
+    per-prompt values (or its scalar). ``patched_final`` gives the cell's residual stream at
+    the last position after the last layer, on every prompt, as the sweep computed it (kept
+    while it ran, else re-run by the sweep's code path); a callable that reads the final
+    position only is proved with it (:func:`_prove_final_only`).
     """
     rows = evaluator.verify_prompts
     if evaluator.final_only and not evaluator.fast:
@@ -797,8 +797,8 @@ def _prove_final_only(
 
     1. The bridge, hooked, re-runs the cell on the leading ``verify_prompts`` prompts with full
        logits (:func:`circuit.guards.verify_cell`: the hook fired, changed the site only), and
-       its final-position logits at the columns the metric reads must equal the plain
-       functional forward's (``patched_final``; prompts are independent rows of it).
+       its final-position logits at the columns the metric reads must equal the sweep's own
+       (``patched_final``; prompts are independent rows of the engine's forward).
     2. The metric is called once on ``[n, seq, vocab]`` logits: the bridge's full logits for
        those prompts, and for every other prompt the functional forward's final position with
        every earlier position NaN. It must give the value the sweep reported from final-only

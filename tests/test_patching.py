@@ -470,20 +470,6 @@ def test_a_metric_reading_an_earlier_position_of_a_prompt_not_re_run_is_caught(t
         sweep()
 
 
-def test_a_wrong_rank_d_head_block_is_caught_with_a_callable(tiny32_six, monkeypatch):
-    """The proof of a final-position callable compares the sweep's own final logits of the
-    proved cell with the hooked model's, so a broken shortcut is caught there too."""
-    p = tiny32_six
-    real = patching.block_after_head_write
-
-    def inflated(w, base, prepared, heads, z_diff, start_pos):
-        return real(w, base, prepared, heads, 3 * z_diff, start_pos)
-
-    monkeypatch.setattr(patching, "block_after_head_write", inflated)
-    with pytest.raises(guards.PatchNotApplied, match="differs from the hooked model"):
-        patch_heads(p.model, p.clean, p.corrupted, _tl_metric(p), "z")
-
-
 @pytest.mark.parametrize(
     ("component", "by_position"), [("v", False), ("pattern", True), ("resid", True)]
 )
@@ -506,10 +492,13 @@ def test_the_proof_reruns_the_cell_when_the_sweep_kept_nothing(
     torch.testing.assert_close(rerun, kept, rtol=0, atol=0)
 
 
-def test_a_wrong_rank_d_head_block_is_caught(tiny32_six, monkeypatch):
+@pytest.mark.parametrize("metric_kind", ["logit_diff", "callable"])
+def test_a_wrong_rank_d_head_block_is_caught(tiny32_six, monkeypatch, metric_kind):
     """Sabotage the next-block shortcut (it sees three times the head's write): the largest
-    cell's value no longer matches the hooked model, on the prompts re-run."""
+    cell's value no longer matches the hooked model, on the prompts re-run (with a
+    final-position callable, the sweep's own final logits of that cell are compared)."""
     p = tiny32_six
+    metric = p.metric if metric_kind == "logit_diff" else _tl_metric(p)
     real = patching.block_after_head_write
 
     def inflated(w, base, prepared, heads, z_diff, start_pos):
@@ -517,7 +506,7 @@ def test_a_wrong_rank_d_head_block_is_caught(tiny32_six, monkeypatch):
 
     monkeypatch.setattr(patching, "block_after_head_write", inflated)
     with pytest.raises(guards.PatchNotApplied, match="differs from the hooked model"):
-        patch_heads(p.model, p.clean, p.corrupted, p.metric, "z")
+        patch_heads(p.model, p.clean, p.corrupted, metric, "z")
 
 
 class SyllogismProblem(Problem):
