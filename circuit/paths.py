@@ -41,7 +41,9 @@ sequential (``use_parallel_residual=False``) blocks are both supported. No per-s
 
 Every call proves its patch (:class:`PathPatchEvidence`): an unpatched row run through the same
 functional code reproduces the bridge's own metric (per prompt on the first ``VERIFY_PROMPTS``
-prompts with a ``LogitDiffMetric``, on all of them with a generic metric); the patched inputs
+prompts with a ``LogitDiffMetric``; for a callable that reads the final position only, those
+prompts' final logits and the metric once on every prompt, :class:`_FinalCallableProof`; on all
+of them with a metric that reads every position); the patched inputs
 differ from the computed ones only at the receiver heads; some receiver input changed; and
 (``verify=True``, the default) the sender that moved the receivers most is re-run through the
 bridge's own hooks, which must fire at every intended site, touch only the receiver heads, and
@@ -498,9 +500,13 @@ def path_patch_detailed(
     changes: list[torch.Tensor] = []
     outside = 0.0
     chunks = 0
+    final_callable = not fast_metric and access.final_only
+    null_final = None
     for layer, heads, with_null in _chunks(plan, w.n_heads, size):
         write = _sender_writes(w, runs, layer, heads, with_null)
         out, change = run_chunk(w, runs, plan, layer, write, outputs)
+        if with_null and final_callable:
+            null_final = out.resid[-n:, -1].clone()
         changes.append(change)
         if out.leaks:
             outside = max(outside, float(torch.stack(list(out.leaks.values())).max()))
@@ -530,10 +536,17 @@ def path_patch_detailed(
     all_changes = torch.cat(changes).float().cpu()
     null_value, sender_values = all_values[-1], all_values[:-1]
     null_rows = per_prompt_values[-1] if per_prompt_values is not None else null_value
-    bridge_value = _bridge_value(model, base_run.tokens, metric, n, per_prompt)
-    null_rows = null_rows[: bridge_value.shape[0]] if bridge_value.ndim else null_rows
-    reproduction_error = float((null_rows - bridge_value.float().cpu()).abs().max())
-    if reproduction_error > _tolerance(bridge_value):
+    if final_callable:
+        keep = min(n, VERIFY_PROMPTS)
+        bridge_logits = model(base_run.tokens[:keep])
+        proved = _FinalCallableProof(w, metric, access, n, per_prompt)
+        reproduction_error, tolerance = proved.error(bridge_logits, null_final, null_value)
+    else:
+        bridge_value = _bridge_value(model, base_run.tokens, metric, n, per_prompt)
+        null_rows = null_rows[: bridge_value.shape[0]] if bridge_value.ndim else null_rows
+        reproduction_error = float((null_rows - bridge_value.float().cpu()).abs().max())
+        tolerance = _tolerance(bridge_value)
+    if reproduction_error > tolerance:
         raise PatchNotAppliedError(
             f"the functional forward does not reproduce the model (metric off by "
             f"{reproduction_error:.3g}): unsupported architecture for the fast path"
@@ -568,17 +581,26 @@ def path_patch_detailed(
         tokens = (clean_tokens.to(device), corrupted_tokens.to(device))
         caches = (z_clean, z_corrupted)
         check_metric, fast_value = metric, block[verified_sender]
-        if per_prompt_values is not None:
+        if per_prompt_values is not None or final_callable:
             # Prompts are independent: a few of them, per prompt, prove the patch as well.
             keep = min(n, VERIFY_PROMPTS)
             tokens = (tokens[0][:keep], tokens[1][:keep])
             caches = tuple({name: z[:keep] for name, z in cache.items()} for cache in caches)
+        if per_prompt_values is not None:
             check_metric = metric.for_prompts(keep)
             fast_value = per_prompt_values[flat, :keep]
-        hooked = _hooked_value(model, tokens, caches, check_metric, plan, verified_sender, mode, w)
-        verification_error = float((hooked.float().cpu() - fast_value).abs().max())
+        logits = _hooked_logits(model, tokens, caches, plan, verified_sender, mode, w)
+        if final_callable:
+            layer, head = verified_sender
+            write = _sender_writes(w, runs, layer, [head], False)
+            sender_final = run_chunk(w, runs, plan, layer, write, outputs)[0].resid[:, -1]
+            verification_error, tolerance = proved.error(logits, sender_final, fast_value)
+        else:
+            hooked = check_metric(logits)
+            verification_error = float((hooked.float().cpu() - fast_value).abs().max())
+            tolerance = _tolerance(fast_value)
         forwards += 2 if mode == "freeze" else 1
-        if verification_error > _tolerance(fast_value):
+        if verification_error > tolerance:
             guess = f". {wrong_guess(access)}" if access.reads == READS_FINAL else ""
             raise PatchNotAppliedError(
                 f"sender {verified_sender}: the bridge's hooked run gives a metric "
@@ -621,17 +643,17 @@ def _layer_of(hook_name: str) -> int:
     return int(hook_name.split(".")[1])
 
 
-def _hooked_value(
+def _hooked_logits(
     model: TransformerBridge,
     tokens: tuple[torch.Tensor, torch.Tensor],
     z_caches: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
-    metric: Metric,
     plan: _Plan,
     sender: Head,
     mode: str,
     weights: ForwardWeights,
-) -> torch.Tensor:
-    """One sender through the bridge's hooks, with proofs that each hook did its job.
+) -> Float[torch.Tensor, "n seq vocab"]:
+    """One sender through the bridge's hooks, with proofs that each hook did its job; the
+    hooked run's logits.
 
     ``z_caches`` holds every layer's ``hook_z`` on the clean and on the corrupted prompts.
     """
@@ -722,7 +744,54 @@ def _hooked_value(
             raise PatchNotAppliedError(f"step 3 hooks fired {len(moved)}/{len(receiver_names)}")
     if max(moved, default=0.0) == 0.0:
         raise PatchNotAppliedError(f"sender {sender}: the hooked patch left every receiver as is")
-    return metric(logits)
+    return logits
+
+
+@dataclass(frozen=True)
+class _FinalCallableProof:
+    """How a callable that reads the final position only is proved against the bridge: on the
+    first ``VERIFY_PROMPTS`` prompts the bridge's final-position logits at the columns the
+    metric reads must equal the engine's, and the metric, called once on ``[n, seq, vocab]``
+    logits (the bridge's for those prompts; for every other prompt the engine's final position
+    with every earlier position NaN), must give the engine's value. A metric that reads an
+    earlier position on this input sees NaN or the bridge's logits and fails loudly."""
+
+    w: ForwardWeights
+    metric: Metric
+    access: MetricAccess
+    n: int
+    per_prompt: bool
+
+    def error(
+        self,
+        bridge_logits: Float[torch.Tensor, "keep seq vocab"],
+        engine_final: Float[torch.Tensor, "n d_model"],
+        value: torch.Tensor,
+    ) -> tuple[float, float]:
+        """The largest difference, scaled to the value's tolerance, and that tolerance."""
+        finals = final_logits(self.w, engine_final, self.access.columns)  # [n, 1, vocab]
+        keep, seq = bridge_logits.shape[:2]
+        read = slice(None) if self.access.columns is None else self.access.columns
+        bridge_read = bridge_logits[:, -1, read].float()
+        logit_error = float((bridge_read - finals[:keep, 0, read].float()).abs().max())
+        if logit_error != logit_error:  # NaN: a read column the engine did not compute
+            logit_error = float("inf")
+        logits = finals.new_full((self.n, seq, self.w.d_vocab), float("nan"))
+        logits[:, -1] = finals[:, 0]
+        logits[:keep] = bridge_logits.to(logits)
+        try:
+            got = _metric_value(self.metric, logits, self.n, self.per_prompt)
+        except (MetricError, PathPatchError) as error:
+            raise PatchNotAppliedError(f"{error}. {wrong_guess(self.access)}") from error
+        if not bool(torch.isfinite(got).all()):
+            raise PatchNotAppliedError(
+                f"the metric is not finite on the bridge's logits with earlier positions NaN "
+                f"elsewhere. {wrong_guess(self.access)}"
+            )
+        value_error = float((got.float().cpu() - value.float().cpu()).abs().max())
+        tolerance = _tolerance(value.float())
+        scale = tolerance / _tolerance(bridge_read)
+        return max(value_error, logit_error * scale), tolerance
 
 
 def path_patch(

@@ -402,6 +402,44 @@ def test_final_position_callable_direct_and_per_prompt(tiny, task):
     assert_equal_with_nans(got, want)
 
 
+@pytest.mark.parametrize("mode", ["freeze", "direct"])
+def test_a_final_callable_path_proof_reruns_a_few_prompts_and_sees_every_one(tiny, mode):
+    """With a final-position callable the bridge re-runs the first ``VERIFY_PROMPTS`` prompts
+    (unhooked and hooked), and the metric, called once on every prompt with earlier positions
+    NaN, still catches a read of an earlier position of the last prompt."""
+    from circuit.guards import VERIFY_PROMPTS
+
+    clean, corrupted, metric = make_task(tiny.cfg.d_vocab, n=6, seq=8, seed=2)
+    sizes = []
+    handle = tiny.embed.register_forward_hook(lambda module, args, out: sizes.append(out.shape[0]))
+    try:
+        plain = _tl_metric(metric.answers)
+        got = path_patch(tiny, clean, corrupted, plain, [(2, 1)], "q", mode=mode)
+    finally:
+        handle.remove()
+    assert sizes
+    assert set(sizes) == {VERIFY_PROMPTS}
+    assert_equal_with_nans(
+        got, path_patch(tiny, clean, corrupted, metric, [(2, 1)], "q", mode=mode)
+    )
+    right, wrong, rows = metric.answers[:, 0], metric.answers[:, 1], torch.arange(6)
+    with torch.no_grad():
+        known = [
+            (logits[rows, -1, right] - logits[rows, -1, wrong])[-1]
+            for logits in (tiny(clean), tiny(corrupted))
+        ]
+
+    def sneaky(logits):
+        diff = logits[rows, -1, right] - logits[rows, -1, wrong]
+        seen = torch.zeros_like(diff[-1], dtype=torch.bool)
+        for value in known:
+            seen = seen | torch.isclose(diff[-1], value.to(diff), rtol=0, atol=1e-4)
+        return diff.mean() + torch.where(seen, 0.0, logits[-1, 0, right[-1]])
+
+    with pytest.raises(PatchNotAppliedError, match="judged to read only the final position"):
+        path_patch(tiny, clean, corrupted, sneaky, [(2, 1)], "q", mode=mode)
+
+
 def test_a_path_metric_reading_position_0_on_some_inputs_is_caught(tiny, task):
     """Reads position 0 only where the logit difference matches neither baseline."""
     clean, corrupted, metric = task
