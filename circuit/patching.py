@@ -64,6 +64,7 @@ from circuit.engine.forward import (
     RunCache,
     answer_logits,
     final_logits,
+    final_logits_of_runs,
     first_difference,
     forward,
     forward_after_write,
@@ -170,7 +171,7 @@ class _Evaluator:
             self.metric = metric.with_per_prompt(True)
             self.answers = metric.answers.to(w.device)
         elif callable(metric):
-            finals = tuple(final_logits(w, run.resid_final[:, -1]) for run in (clean, base))
+            finals = final_logits_of_runs(w, clean, base)
             seq = int(base.tokens.shape[1])
             self.full_logits_buffer = finals[0].new_empty((self.n, seq, w.d_vocab))
             self.access = metric_access(metric, finals, seq, self.full_logits_buffer)

@@ -69,6 +69,7 @@ from circuit.engine.forward import (
     RunCache,
     answer_logits,
     final_logits,
+    final_logits_of_runs,
     first_difference,
     forward,
     forward_after_write,
@@ -480,8 +481,7 @@ def path_patch_detailed(
         base_logits = None
         vocab = 0
     else:
-        pair = (runs.clean, runs.corrupted)
-        finals = tuple(final_logits(w, run.resid_final[:, -1]) for run in pair)
+        finals = final_logits_of_runs(w, runs.clean, runs.corrupted)
         access = metric_access(metric, finals, seq)
         del finals
         calls = VariantCalls(metric, lambda value: _checked(value, n, per_prompt))

@@ -438,6 +438,16 @@ def final_logits(
     return out
 
 
+def final_logits_of_runs(
+    w: ForwardWeights, *runs: "RunCache"
+) -> tuple[Float[torch.Tensor, "n 1 vocab"], ...]:
+    """Each run's final-position logits ``[n, 1, vocab]`` (runs of ``n`` prompts each), from one
+    pass over ``W_U``: a few rows against the whole vocabulary are bound by reading ``W_U``
+    from memory, so one product for every run costs what one run's would."""
+    resid = torch.cat([run.resid_final[:, -1] for run in runs])
+    return final_logits(w, resid).chunk(len(runs))
+
+
 def unembed(
     w: ForwardWeights, resid: Float[torch.Tensor, "batch pos d_model"]
 ) -> Float[torch.Tensor, "batch pos vocab"]:

@@ -215,6 +215,16 @@ def test_frozen_heads_let_mlps_recompute(name, request):
         assert not torch.allclose(out.records[(2, "q")], clean.q[2]), "the sender changed nothing"
 
 
+def test_final_logits_of_runs_equal_one_product_per_run(tiny32):
+    w = weights_of(tiny32)
+    runs = F.run(w, tokens_for(tiny32, 3, 7)), F.run(w, tokens_for(tiny32, 3, 7, seed=2))
+    together = F.final_logits_of_runs(w, *runs)
+    for run, logits in zip(runs, together, strict=True):
+        alone = F.final_logits(w, run.resid_final[:, -1])
+        assert logits.shape == (3, 1, w.d_vocab)
+        torch.testing.assert_close(logits, alone, rtol=0, atol=1e-5)
+
+
 def test_forward_rejects_bad_requests(tiny32):
     w = weights_of(tiny32)
     base = F.run(w, tokens_for(tiny32, 2, 5))
