@@ -47,8 +47,8 @@ Proof: with ``verify=True`` (default) the cell with the largest effect is
 re-run through the model's own hooks and :func:`circuit.guards.verify_cell` proves the hook fired,
 changed exactly the intended site, and gives the value the fast routine reported, on the first
 :data:`circuit.guards.VERIFY_PROMPTS` prompts (a per-prompt or final-position metric; a
-final-position callable then also sees every prompt once, :func:`_prove_final_only`) or on all
-of them (a metric that reads every position).
+final-position callable then also sees every prompt once,
+:func:`_check_metric_on_every_prompt`) or on all of them (a metric that reads every position).
 """
 
 from collections.abc import Callable
@@ -155,12 +155,12 @@ class _Evaluator:
         self.remembered: dict[tuple, torch.Tensor] = {}
         """Per cell, its final residual stream at the last position ``[n, d_model]`` as the
         sweep computed it (final-position callables only, while :data:`REMEMBER_BYTES`
-        allows): what :func:`_prove_final_only` proves, without re-running the cell."""
+        allows): what :func:`_verify_on_bridge` proves, without re-running the cell."""
         self.remembered_bytes = 0
         self.unembed_columns: tuple[torch.Tensor, torch.Tensor] | None = None
         self.full_logits_buffer: torch.Tensor | None = None
         """``[n, seq, vocab]``: the probes' buffer (a final-position callable), kept for its
-        proof (:func:`_prove_final_only`): one vocabulary-wide allocation, not two."""
+        proof (:func:`_check_metric_on_every_prompt`): one vocabulary-wide allocation, not two."""
         if reads_answer_logits_only(metric):
             self.access = metric_access(metric)
             if metric.answers.shape[0] != self.n:
@@ -760,59 +760,21 @@ def _verify_on_bridge(
     """:func:`circuit.guards.verify_cell` on the evaluator's leading ``verify_prompts`` prompts.
 
     ``clean_act``/``base_act`` have the prompt dim first; ``value`` is the cell's ``[n]``
-    per-prompt values (or its scalar). ``patched_final`` gives the cell's residual stream at
-    the last position after the last layer, on every prompt, as the sweep computed it (kept
-    while it ran, else re-run by the sweep's code path); a callable that reads the final
-    position only is proved with it (:func:`_prove_final_only`).
+    per-prompt values (or its scalar). What the hooked run must reproduce: the per-prompt
+    values (a :class:`LogitDiffMetric`), the metric's value (a callable that reads every
+    position, on every prompt), or, for a callable that reads the final position only, the
+    final-position logits at the columns it reads as the sweep computed them
+    (``patched_final``: the cell's last-position residual after the last layer, kept while the
+    sweep ran, else re-run by its code path; prompts are independent rows of the engine's
+    forward), followed by :func:`_check_metric_on_every_prompt`.
     """
     rows = evaluator.verify_prompts
-    if evaluator.final_only and not evaluator.fast:
-        _prove_final_only(
-            model, w, cell, clean_act, base_act, base, evaluator, value, patched_final
-        )
-        return
-    guards.verify_cell(
-        model,
-        cell,
-        base.tokens[:rows],
-        clean_act[:rows],
-        base_act[:rows],
-        evaluator.bridge_value,
-        value[:rows] if evaluator.per_prompt else value,
-        _tolerance(w),
-    )
-
-
-def _prove_final_only(
-    model: torch.nn.Module,
-    w: ForwardWeights,
-    cell: Cell,
-    clean_act: torch.Tensor,
-    base_act: torch.Tensor,
-    base: RunCache,
-    evaluator: _Evaluator,
-    value: torch.Tensor,
-    patched_final: Callable[[], Float[torch.Tensor, "n d_model"]],
-) -> None:
-    """The proof for a callable judged to read the final position only, in two steps.
-
-    1. The bridge, hooked, re-runs the cell on the leading ``verify_prompts`` prompts with full
-       logits (:func:`circuit.guards.verify_cell`: the hook fired, changed the site only), and
-       its final-position logits at the columns the metric reads must equal the sweep's own
-       (``patched_final``; prompts are independent rows of the engine's forward).
-    2. The metric is called once on ``[n, seq, vocab]`` logits: the bridge's full logits for
-       those prompts, and for every other prompt the functional forward's final position with
-       every earlier position NaN. It must give the value the sweep reported from final-only
-       logits: a metric that reads an earlier position on this input (a wrong final-only
-       guess) sees NaN, or the bridge's real logits, and fails here.
-
-    Costs a hooked forward of ``verify_prompts`` prompts and a functional forward of one cell,
-    not a hooked forward of every prompt.
-    """
-    rows = evaluator.verify_prompts
-    n, seq = base.tokens.shape
-    tolerance = _tolerance(w)
-    finals = evaluator.final_logits(patched_final()[:, None])  # [n, 1, vocab]
+    final_callable = evaluator.final_only and not evaluator.fast
+    if final_callable:
+        finals = evaluator.final_logits(patched_final()[:, None])  # [n, 1, vocab]
+        expected = evaluator.read_columns(finals[:rows, 0])
+    else:
+        expected = value[:rows] if evaluator.per_prompt else value
     bridge_logits = guards.verify_cell(
         model,
         cell,
@@ -820,27 +782,48 @@ def _prove_final_only(
         clean_act[:rows],
         base_act[:rows],
         evaluator.bridge_value,
-        evaluator.read_columns(finals[:rows, 0]),
-        tolerance,
+        expected,
+        _tolerance(w),
     )
+    if final_callable:
+        _check_metric_on_every_prompt(w, cell, evaluator, bridge_logits, finals, value)
+
+
+def _check_metric_on_every_prompt(
+    w: ForwardWeights,
+    cell: Cell,
+    evaluator: _Evaluator,
+    bridge_logits: Float[torch.Tensor, "rows seq vocab"],
+    finals: Float[torch.Tensor, "n 1 vocab"],
+    value: torch.Tensor,
+) -> None:
+    """Step 2 of the proof of a callable that reads the final position only: the metric is
+    called once on ``[n, seq, vocab]`` logits, the hooked model's (``bridge_logits``) for the
+    prompts it re-ran and, for every other prompt, the sweep's final position (``finals``) with
+    every earlier position NaN. It must give the value the sweep reported from final-only
+    logits: a metric that reads an earlier position on this input (a wrong final-only guess)
+    sees NaN, or the hooked model's real logits, and fails here. Together with the hooked
+    re-run this costs a hooked forward of ``verify_prompts`` prompts, not of every prompt."""
+    rows, seq = bridge_logits.shape[:2]
+    n = finals.shape[0]
     logits = evaluator.full_logits_buffer
     if logits is None or tuple(logits.shape) != (n, seq, w.d_vocab):
         logits = finals.new_empty((n, seq, w.d_vocab))
     logits[:, :-1] = float("nan")
     logits[:, -1] = finals[:, 0]
     logits[:rows] = bridge_logits.to(logits)
+    where = f"{cell.component} patch at {cell.describe()}"
     try:
         proved = evaluator.call(logits)
     except MetricError as error:
         raise guards.PatchNotApplied(
-            f"{cell.component} patch at {cell.describe()}: {error}. {wrong_guess(evaluator.access)}"
+            f"{where}: {error}. {wrong_guess(evaluator.access)}"
         ) from error
-    if not torch.allclose(proved, value.to(proved), atol=tolerance, rtol=1e-4):
+    if not torch.allclose(proved, value.to(proved), atol=_tolerance(w), rtol=1e-4):
         raise guards.PatchNotApplied(
-            f"{cell.component} patch at {cell.describe()}: the metric gives "
-            f"{proved.flatten()[:4].tolist()} on the hooked model's full logits (and the "
-            f"functional forward's final position, earlier positions NaN), the sweep reported "
-            f"{value.flatten()[:4].tolist()} from final-position logits. "
+            f"{where}: the metric gives {proved.flatten()[:4].tolist()} on the hooked model's "
+            f"full logits (and the sweep's final position, earlier positions NaN), the sweep "
+            f"reported {value.flatten()[:4].tolist()} from final-position logits. "
             f"{wrong_guess(evaluator.access)}"
         )
 
