@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=defaults.weight_decay,
+        help="AdamW weight decay on weight matrices (biases, norms and embeddings: none)",
+    )
+    parser.add_argument(
         "--revisions",
         default=",".join(str(step) for step in defaults.revision_steps),
         help="comma-separated checkpoint steps saved under revisions/stepN",
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        weight_decay=args.weight_decay,
         revision_steps=tuple(step for step in revision_steps if step < args.steps),
         eval_every=args.eval_every,
         threads=args.threads,
