@@ -113,27 +113,21 @@ HELDOUT_VARIANT_NOUNS: Final[tuple[str, ...]] = HELDOUT_NOUNS[:8]
 """The held-out nouns of the ``heldout`` variant (the rest are its extra categories)."""
 
 HELDOUT_DESCRIPTOR_PAIRS: Final[tuple[tuple[str, str], ...]] = (
-    ("fossrupedal", "ovrupedal"),
-    ("noctigrade", "soligrade"),
-    ("arbrestrial", "solrestrial"),
-    ("ectarious", "plantarious"),
-    ("quadorial", "vivorial"),
-    ("harmothermic", "bipothermic"),
-    ("herbomous", "quadomous"),
-    ("venatic", "carnatic"),
-    ("exiparous", "endiparous"),
-    ("carnitary", "aquitary"),
-    ("biporeal", "herboreal"),
+    ("carnothermic", "digothermic"),
+    ("quadivorous", "noctivorous"),
+    ("endedal", "aquedal"),
+    ("plantoskeletal", "venoskeletal"),
+    ("diitigrade", "ovitigrade"),
+    ("terurnal", "solurnal"),
+    ("harmatic", "arbatic"),
+    ("vivomous", "endomous"),
+    ("gregiparous", "herbiparous"),
+    ("fossitary", "bipitary"),
+    ("ectoreal", "exoreal"),
 )
 """Nonsense descriptor pairs no model has seen: the first piece of one known descriptor
-joined to the rest of another (" foss" + "ruped" "al"), the two of a pair sharing that rest as
+joined to the rest of another (" carn" + "othermic"), the two of a pair sharing that rest as
 "exoskeletal"/"endoskeletal" do. Under the bundled tokenizer each is three tokens whose first
-is the known piece, so the answer token is familiar and the word is new.
-
-This is the third set. The first was replaced after a first ``heldout`` run of the bundled
-claims had been seen; the second (" carn" + "othermic", ...) after a Spearman(attention,
-writing) of the previous organism's movers had been computed once on it. This set was
-written before the current organism (weight decay 0.1) was measured on any prompt of the
-``heldout`` variant (its training probe and model card score held-out nouns and categories
-with the study's descriptor pairs, never these), and is disjoint from the fuzzing pools'
-pairs (:mod:`circuit.fuzzing.pools`)."""
+is the known piece, so the answer token is familiar and the word is new. They were written
+after a first ``heldout`` run of the bundled claims had been seen, to give the ``heldout``
+variant words that no choice of claim or rule has yet been measured on."""

@@ -183,6 +183,18 @@ TRIED: tuple[str, ...] = (
     "random embedding per sequence, drawn like the frozen ones): the look-up can only match "
     "a vector with its own recurrence, which is what a held-out category is. 0.91 / 0.86 at "
     "step 500. Shipped as the recipe (3000 steps; numbers below).",
+    "Weight decay, to grade the movers' attention (with 0.01, the shipped value, L3H1, L3H6, "
+    "L3H0, L3H7 and L3H4 attend 0.93-0.99 to the descriptor on every prompt, and "
+    "Spearman(attention to the descriptor, DLA) on the two-premise `study` prompts is 0.318 "
+    "[0.214, 0.432], INCONCLUSIVE at the study's 0.3). The same recipe with `--weight-decay`, "
+    "judged on `study` only (`python -m circuit discover --family two-premise --variant "
+    "study --movers 5 --n-pairs 392`): 0.1: the same five movers (0.960 of the logit "
+    "difference), mean Spearman +0.505 (L3H1 +0.224, L3H6 +0.532, L3H0 +0.543, L3H7 +0.649, "
+    "L3H4 +0.575; by the verdict rule 0.505 [0.42, 0.583], CONFIRMED), query senders L1H7 "
+    "0.881, L1H5 0.290, L1H4 0.170 of the gap. 0.3: L2H0 entered the top five (L3H7 0.035), "
+    "mean Spearman +0.282 (L3H1 +0.051). 0.1 was then judged once on fresh held-out "
+    "descriptor pairs: Spearman 0.384 [0.296, 0.493], INCONCLUSIVE (`unfiltered` 0.516 "
+    "[0.435, 0.604]); its minor_first held-out accuracy was 0.920, below 0.95. Not shipped.",
 )
 """Recipe search record (kept in the card)."""
 

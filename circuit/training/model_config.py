@@ -66,7 +66,7 @@ class TrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
+    weight_decay: float = 0.01
     grad_clip: float = 1.0
     random_opposite_rate: float = 0.9
     extra_descriptors: bool = True

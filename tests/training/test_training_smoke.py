@@ -83,6 +83,26 @@ def test_entry_point_writes_the_shipped_layout(tmp_path):
     assert AutoTokenizer.from_pretrained(str(tmp_path)).convert_tokens_to_ids("<|endoftext|>") == 0
 
 
+def test_weight_decay_option_reaches_the_optimiser(tmp_path):
+    """``--weight-decay`` is recorded in the training log, and it changes the weights; the
+    default is :class:`TrainConfig`'s (the shipped model's), so the plain command reproduces it."""
+    from safetensors.torch import load_file
+
+    args = ["--steps", "3", "--revisions", "", "--batch-size", "4", "--d-model", "32"]
+    args += ["--layers", "1", "--heads", "2", "--d-mlp", "64", "--eval-every", "0"]
+    args += ["--supervise", "none", "--no-card", "--lr", "0.05"]
+    weights = {}
+    for name, extra in {"default": [], "decay": ["--weight-decay", "0.5"]}.items():
+        out = tmp_path / name
+        main(["--out", str(out), *args, *extra])
+        log = json.loads((out / "training_log.json").read_text())
+        expected = TrainConfig().weight_decay if name == "default" else 0.5
+        assert log["config"]["weight_decay"] == expected
+        weights[name] = load_file(str(out / "model.safetensors"))
+    matrices = [k for k, v in weights["default"].items() if v.ndim >= 2 and "embed_in" not in k]
+    assert any(not weights["default"][k].equal(weights["decay"][k]) for k in matrices)
+
+
 def test_square_mlp_is_refused():
     with pytest.raises(ValueError, match="d_mlp must differ"):
         ModelShape(d_model=32, d_mlp=32)
