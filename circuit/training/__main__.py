@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--weight-decay",
         type=float,
         default=defaults.weight_decay,
-        help="AdamW weight decay on weight matrices (biases, norms and embeddings: none)",
+        help="AdamW weight decay on every trained weight matrix (biases and norms: none)",
     )
     parser.add_argument(
         "--revisions",
