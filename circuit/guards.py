@@ -13,6 +13,7 @@ independent of :mod:`circuit.engine`, and prove that
 * the bridge's patched metric equals the fast routine's value for that cell.
 """
 
+import contextlib
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ VERIFY_PROMPTS = 4
 :class:`circuit.metrics.LogitDiffMetric`): the hook firing, the site changing and the values
 agreeing need no more, and a bridge forward of every prompt would cost a large share of a sweep."""
 
-"""A head written as text, ``L<layer>H<head>`` (the claim files' notation)."""
+UNEMBED_INPUT = "unembed.hook_in"
+"""The bridge's hook on its unembedding's input: ``[n, seq, d_model]``, ``ln_final``'s output."""
 
 _HOOK_NAMES = {
     "z": "blocks.{layer}.attn.hook_z",
@@ -327,13 +329,15 @@ def verify_cell(
     logits_to_value: Callable[[torch.Tensor], torch.Tensor],
     fast_value: torch.Tensor,
     atol: float,
+    final_only: bool = False,
 ) -> torch.Tensor:
     """Prove one cell's patch took effect and matches the fast routine; raise otherwise.
 
     ``clean_activation``/``corrupted_activation``: the site's activation in the clean and the
     corrupted run (hook layout). ``logits_to_value`` maps the bridge's logits to the value the
     fast routine reported (``fast_value``) for this cell. Returns the bridge's patched logits
-    ``[n, seq, vocab]``.
+    ``[n, seq, vocab]``, or with ``final_only`` (a metric that reads the final position only)
+    ``[n, 1, vocab]`` from :func:`hooked_final_logits`.
     """
     fired: list[tuple[torch.Tensor, torch.Tensor]] = []
     mask = cell.site_mask(clean_activation.shape).to(clean_activation.device)
@@ -344,7 +348,10 @@ def verify_cell(
         fired.append((before, patched.detach().clone()))
         return patched
 
-    logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(cell.hook_name, hook)])
+    if final_only:
+        logits = hooked_final_logits(model, corrupted_tokens, [(cell.hook_name, hook)])
+    else:
+        logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(cell.hook_name, hook)])
     where = f"{cell.component} patch at {cell.describe()}"
     if len(fired) != 1:
         raise PatchNotApplied(f"{where}: the hook {cell.hook_name} fired {len(fired)} times")
@@ -373,6 +380,38 @@ def verify_cell(
             f"the hooked model's {bridge_value.flatten()[:4].tolist()}"
         )
     return logits
+
+
+class _Stop(Exception):
+    """Raised by the hook of :func:`hooked_final_logits` to end the bridge's forward there."""
+
+
+def hooked_final_logits(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    fwd_hooks: Sequence[tuple[object, Callable[..., object]]] = (),
+) -> torch.Tensor:
+    """``[n, 1, vocab]``: the bridge's own logits at the final position of a (hooked) run.
+
+    The bridge runs with ``fwd_hooks`` up to its unembedding, whose input at the final position
+    is then put through the bridge's own ``unembed``: the full forward's last-position logits
+    (the unembedding is a per-position linear map; a matmul of another shape may round
+    differently, by float32 rounding only), without
+    unembedding the ``seq - 1`` positions a final-position metric never reads. Hooks are
+    removed whether or not the forward ends early. Raises :class:`PatchNotApplied` when the
+    unembedding's input was never reached.
+    """
+    final: list[torch.Tensor] = []
+
+    def stop(activation: torch.Tensor, hook: object) -> None:
+        final.append(activation[:, -1:].detach().clone())
+        raise _Stop
+
+    with contextlib.suppress(_Stop):
+        model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, (UNEMBED_INPUT, stop)])
+    if len(final) != 1:
+        raise PatchNotApplied(f"the bridge's {UNEMBED_INPUT} hook fired {len(final)} times")
+    return model.unembed(final[0])
 
 
 def verify_forward_site(

@@ -775,7 +775,7 @@ def _verify_on_bridge(
         expected = evaluator.read_columns(finals[:rows, 0])
     else:
         expected = value[:rows] if evaluator.per_prompt else value
-    bridge_logits = guards.verify_cell(
+    bridge_final = guards.verify_cell(
         model,
         cell,
         base.tokens[:rows],
@@ -784,34 +784,38 @@ def _verify_on_bridge(
         evaluator.bridge_value,
         expected,
         _tolerance(w),
+        final_only=evaluator.final_only,
     )
     if final_callable:
-        _check_metric_on_every_prompt(w, cell, evaluator, bridge_logits, finals, value)
+        seq = base.tokens.shape[1]
+        _check_metric_on_every_prompt(w, cell, evaluator, bridge_final, finals, value, seq)
 
 
 def _check_metric_on_every_prompt(
     w: ForwardWeights,
     cell: Cell,
     evaluator: _Evaluator,
-    bridge_logits: Float[torch.Tensor, "rows seq vocab"],
+    bridge_final: Float[torch.Tensor, "rows 1 vocab"],
     finals: Float[torch.Tensor, "n 1 vocab"],
     value: torch.Tensor,
+    seq: int,
 ) -> None:
     """Step 2 of the proof of a callable that reads the final position only: the metric is
-    called once on ``[n, seq, vocab]`` logits, the hooked model's (``bridge_logits``) for the
-    prompts it re-ran and, for every other prompt, the sweep's final position (``finals``) with
-    every earlier position NaN. It must give the value the sweep reported from final-only
-    logits: a metric that reads an earlier position on this input (a wrong final-only guess)
-    sees NaN, or the hooked model's real logits, and fails here. Together with the hooked
-    re-run this costs a hooked forward of ``verify_prompts`` prompts, not of every prompt."""
-    rows, seq = bridge_logits.shape[:2]
+    called once on ``[n, seq, vocab]`` logits whose final position is the hooked model's
+    (``bridge_final``) for the prompts it re-ran and the sweep's (``finals``) for every other
+    prompt, every earlier position NaN. It must give the value the sweep reported from
+    final-only logits: a metric that reads an earlier position on this input (a wrong
+    final-only guess) sees NaN and fails here. Together with the hooked re-run (stopped at the
+    unembedding's input) this costs a hooked forward of ``verify_prompts`` prompts, not of every
+    prompt."""
+    rows = bridge_final.shape[0]
     n = finals.shape[0]
     logits = evaluator.full_logits_buffer
     if logits is None or tuple(logits.shape) != (n, seq, w.d_vocab):
         logits = finals.new_empty((n, seq, w.d_vocab))
     logits[:, :-1] = float("nan")
     logits[:, -1] = finals[:, 0]
-    logits[:rows] = bridge_logits.to(logits)
+    logits[:rows, -1] = bridge_final[:, -1].to(logits)
     where = f"{cell.component} patch at {cell.describe()}"
     try:
         proved = evaluator.call(logits)
@@ -822,7 +826,7 @@ def _check_metric_on_every_prompt(
     if not torch.allclose(proved, value.to(proved), atol=_tolerance(w), rtol=1e-4):
         raise guards.PatchNotApplied(
             f"{where}: the metric gives {proved.flatten()[:4].tolist()} on the hooked model's "
-            f"full logits (and the sweep's final position, earlier positions NaN), the sweep "
+            f"final logits (and the sweep's, earlier positions NaN), the sweep "
             f"reported {value.flatten()[:4].tolist()} from final-position logits. "
             f"{wrong_guess(evaluator.access)}"
         )

@@ -28,10 +28,12 @@ earlier positions cannot change). Freeze mode: step 2 resumes after the sender's
 clean residual plus the senders' output change
 (:func:`~circuit.engine.forward.forward_after_write`) with every later layer's attention output
 frozen to its clean value (``Edit`` of ``attn_out``, so only MLPs run) and records the receivers'
-inputs; step 3 computes only the receiver heads at the first receiver layer
-(:func:`~circuit.engine.forward.head_write`), then resumes with ``Edit`` s of the later
-receivers' inputs. Direct mode: one forward of the corrupted prompts from the first receiver
-layer with an additive ``Edit`` of the receivers' ``{q,k,v}_input``. With a metric that reads
+inputs (the last receiver layer's for the receiver heads only; before last-layer ``q`` receivers
+under a final-position metric, at the final position only); step 3 computes only the receiver
+heads at the first receiver layer (:func:`~circuit.engine.forward.head_write`), then resumes
+with ``Edit`` s of the later receivers' inputs. Direct mode: one forward of the corrupted
+prompts from the first receiver layer with an additive ``Edit`` of the receivers'
+``{q,k,v}_input``. With a metric that reads
 the final position only (:func:`circuit.metrics.metric_access`: a ``LogitDiffMetric``, or a
 callable that passes the probe and is then given ``[n, 1, vocab]``) the last layer computes only
 the final position, and only the two answer logits (``LogitDiffMetric``) or the final position's
@@ -93,6 +95,7 @@ from circuit.guards import (
     check_model,
     check_positive_int,
     check_tokens,
+    hooked_final_logits,
 )
 from circuit.heads import Head
 from circuit.metrics import (
@@ -266,42 +269,87 @@ def _freeze_chunk(
     """Freeze mode for senders at ``layer`` (their writes ``[V, n, pos, d]``): step 2 records
     the receivers' inputs with every later head frozen to clean (MLPs recompute), step 3 runs
     the clean prompts with only those inputs patched. Returns step 3's output and each
-    variant's largest change to a receiver input ``[V]``."""
+    variant's largest change to a receiver input ``[V]``.
+
+    With every head frozen, step 2 treats each position alone. When the last receivers sit in
+    the model's last layer and read ``q`` under a final-position metric, step 3 computes only
+    their final query, so step 2 runs the layer before them at the final position only."""
     kind, start, clean = plan.receiver_input, runs.start, runs.clean
     targets = [r for r in plan.receivers_by_layer if r > layer]
     last = targets[-1]
-    frozen = [Edit(at, "attn_out", clean.attn_out[at], None) for at in range(layer + 1, last)]
+    final_query = (
+        kind == "q"
+        and bool(outputs.get("final_only"))
+        and last == w.n_layers - 1
+        and last - 1 > layer
+    )
+    stop = last - 1 if final_query else last
+    frozen = [Edit(at, "attn_out", clean.attn_out[at], None) for at in range(layer + 1, stop)]
     step2 = forward_after_write(
         w,
         clean,
         layer,
         write,
         start,
-        stop_layer=last,
+        stop_layer=stop,
         edits=frozen,
-        record=[(r, kind) for r in targets[:-1]],
+        record=[(r, kind) for r in targets[:-1] if r < stop],
     )
-    recorded = {r: step2.records[(r, kind)] for r in targets[:-1]}
-    recorded[last] = input_projection(w, last, step2.resid, kind)
+    heads_at = plan.receivers_by_layer
+    recorded = {  # the receiver heads' inputs only: [rows, pos, len(heads), d_head]
+        r: step2.records[(r, kind)][:, :, heads_at[r]] for r in targets[:-1] if r < stop
+    }
+    last_from = start
+    if final_query:
+        if stop in targets:
+            recorded[stop] = input_projection(w, stop, step2.resid, kind, heads_at[stop])
+        last_from = clean.tokens.shape[1] - 1
+        tail = forward(
+            w,
+            step2.resid[:, -1:],
+            start_layer=stop,
+            stop_layer=last,
+            start_pos=last_from,
+            prefix=clean,
+            edits=[Edit(stop, "attn_out", clean.attn_out[stop], None)],
+        )
+        recorded[last] = input_projection(w, last, tail.resid, kind, heads_at[last])
+    else:
+        recorded[last] = input_projection(w, last, step2.resid, kind, heads_at[last])
     variants = write.shape[0]
     change = torch.zeros(variants, dtype=write.dtype, device=write.device)
     for r in targets:
-        heads = plan.receivers_by_layer[r]
-        patched = recorded[r][:, :, heads].view(
-            variants, -1, *recorded[r].shape[1:2], len(heads), w.d_head
-        )
-        moved = patched - clean.activation(kind, r)[:, start:, heads]
+        heads, positions = heads_at[r], recorded[r].shape[1]
+        patched = recorded[r].view(variants, -1, positions, len(heads), w.d_head)
+        moved = patched - clean.activation(kind, r)[:, -positions:, heads]
         change = torch.maximum(change, moved.abs().flatten(1).amax(dim=1))
-    first, heads = targets[0], plan.receivers_by_layer[targets[0]]
-    first_write = head_write(w, clean, first, heads, {kind: recorded[first][:, :, heads]}, start)
+    first, heads = targets[0], heads_at[targets[0]]
+    first_from = last_from if first == last else start
+    first_write = head_write(w, clean, first, heads, {kind: recorded[first]}, first_from)
     later = [
-        Edit(r, kind, recorded[r], head_mask(w, plan.receivers_by_layer[r]), start=start)
+        Edit(
+            r,
+            kind,
+            _every_head(recorded[r], heads_at[r], w.n_heads),
+            head_mask(w, heads_at[r]),
+            start=last_from if r == last else start,
+        )
         for r in targets[1:]
     ]
     out = forward_after_write(
-        w, clean, first, first_write, start, edits=later, prove=True, **outputs
+        w, clean, first, first_write, first_from, edits=later, prove=True, **outputs
     )
     return out, change
+
+
+def _every_head(
+    acts: Float[torch.Tensor, "rows pos heads d_head"], heads: Sequence[int], n_heads: int
+) -> Float[torch.Tensor, "rows pos n_heads d_head"]:
+    """``acts`` of ``heads`` placed in a head dim of ``n_heads`` (zeros elsewhere: an edit
+    masked to ``heads`` reads nothing else)."""
+    full = acts.new_zeros(*acts.shape[:2], n_heads, acts.shape[-1])
+    full[:, :, list(heads)] = acts
+    return full
 
 
 def _direct_chunk(
@@ -538,9 +586,9 @@ def path_patch_detailed(
     null_rows = per_prompt_values[-1] if per_prompt_values is not None else null_value
     if final_callable:
         keep = min(n, VERIFY_PROMPTS)
-        bridge_logits = model(base_run.tokens[:keep])
-        proved = _FinalCallableProof(w, metric, access, n, per_prompt)
-        reproduction_error, tolerance = proved.error(bridge_logits, null_final, null_value)
+        bridge_final = hooked_final_logits(model, base_run.tokens[:keep])
+        proved = _FinalCallableProof(w, metric, access, n, per_prompt, seq)
+        reproduction_error, tolerance = proved.error(bridge_final, null_final, null_value)
     else:
         bridge_value = _bridge_value(model, base_run.tokens, metric, n, per_prompt)
         null_rows = null_rows[: bridge_value.shape[0]] if bridge_value.ndim else null_rows
@@ -589,7 +637,8 @@ def path_patch_detailed(
         if per_prompt_values is not None:
             check_metric = metric.for_prompts(keep)
             fast_value = per_prompt_values[flat, :keep]
-        logits = _hooked_logits(model, tokens, caches, plan, verified_sender, mode, w)
+        final_only = per_prompt_values is not None or final_callable
+        logits = _hooked_logits(model, tokens, caches, plan, verified_sender, mode, w, final_only)
         if final_callable:
             layer, head = verified_sender
             write = _sender_writes(w, runs, layer, [head], False)
@@ -631,7 +680,7 @@ def _bridge_value(
     ``VERIFY_PROMPTS`` with the fast metric (prompts are independent), else on all of them."""
     if reads_answer_logits_only(metric):
         keep = min(n, VERIFY_PROMPTS)
-        return metric.for_prompts(keep)(model(tokens[:keep]))
+        return metric.for_prompts(keep)(hooked_final_logits(model, tokens[:keep]))
     return _metric_value(metric, model(tokens), n, per_prompt)
 
 
@@ -651,12 +700,20 @@ def _hooked_logits(
     sender: Head,
     mode: str,
     weights: ForwardWeights,
-) -> Float[torch.Tensor, "n seq vocab"]:
+    final_only: bool,
+) -> Float[torch.Tensor, "n seq vocab"] | Float[torch.Tensor, "n 1 vocab"]:
     """One sender through the bridge's hooks, with proofs that each hook did its job; the
-    hooked run's logits.
+    hooked run's logits, at the final position only with ``final_only``
+    (:func:`~circuit.guards.hooked_final_logits`).
 
     ``z_caches`` holds every layer's ``hook_z`` on the clean and on the corrupted prompts.
     """
+
+    def run(tokens: torch.Tensor, hooks: list) -> torch.Tensor:
+        if final_only:
+            return hooked_final_logits(model, tokens, hooks)
+        return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
     clean_tokens, corrupted_tokens = tokens
     frozen_cache, corrupted_z = z_caches
     kind = plan.receiver_input
@@ -692,9 +749,7 @@ def _hooked_logits(
         saved = bool(getattr(model.cfg, "use_split_qkv_input", False))
         model.set_use_split_qkv_input(True)
         try:
-            logits = model.run_with_hooks(
-                corrupted_tokens, fwd_hooks=[(name, add_edge) for name in names]
-            )
+            logits = run(corrupted_tokens, [(name, add_edge) for name in names])
         finally:
             model.set_use_split_qkv_input(saved)
         if sorted(fired) != sorted(targets):
@@ -716,12 +771,10 @@ def _hooked_logits(
             recorded[_layer_of(hook.name)] = activation.clone()
 
         receiver_names = [f"blocks.{layer}.attn.hook_{kind}" for layer in plan.receivers_by_layer]
-        model.run_with_hooks(
+        hooked_final_logits(  # only the recorded receiver inputs are used
+            model,
             clean_tokens,
-            fwd_hooks=[
-                (lambda name: name in z_names, freeze),
-                *[(name, record) for name in receiver_names],
-            ],
+            [(lambda name: name in z_names, freeze), *[(name, record) for name in receiver_names]],
         )
         if sorted(frozen_layers) != list(range(n_layers)) or set(recorded) != set(
             plan.receivers_by_layer
@@ -737,9 +790,7 @@ def _hooked_logits(
             check_only_receivers(activation, patched, heads)
             return patched
 
-        logits = model.run_with_hooks(
-            clean_tokens, fwd_hooks=[(name, patch_input) for name in receiver_names]
-        )
+        logits = run(clean_tokens, [(name, patch_input) for name in receiver_names])
         if len(moved) != len(receiver_names):
             raise PatchNotAppliedError(f"step 3 hooks fired {len(moved)}/{len(receiver_names)}")
     if max(moved, default=0.0) == 0.0:
@@ -752,33 +803,34 @@ class _FinalCallableProof:
     """How a callable that reads the final position only is proved against the bridge: on the
     first ``VERIFY_PROMPTS`` prompts the bridge's final-position logits at the columns the
     metric reads must equal the engine's, and the metric, called once on ``[n, seq, vocab]``
-    logits (the bridge's for those prompts; for every other prompt the engine's final position
-    with every earlier position NaN), must give the engine's value. A metric that reads an
-    earlier position on this input sees NaN or the bridge's logits and fails loudly."""
+    logits (at the final position the bridge's for those prompts and the engine's for every
+    other prompt; every earlier position NaN), must give the engine's value. A metric that
+    reads an earlier position on this input sees NaN and fails loudly."""
 
     w: ForwardWeights
     metric: Metric
     access: MetricAccess
     n: int
     per_prompt: bool
+    seq: int
 
     def error(
         self,
-        bridge_logits: Float[torch.Tensor, "keep seq vocab"],
+        bridge_final: Float[torch.Tensor, "keep 1 vocab"],
         engine_final: Float[torch.Tensor, "n d_model"],
         value: torch.Tensor,
     ) -> tuple[float, float]:
         """The largest difference, scaled to the value's tolerance, and that tolerance."""
         finals = final_logits(self.w, engine_final, self.access.columns)  # [n, 1, vocab]
-        keep, seq = bridge_logits.shape[:2]
+        keep = bridge_final.shape[0]
         read = slice(None) if self.access.columns is None else self.access.columns
-        bridge_read = bridge_logits[:, -1, read].float()
+        bridge_read = bridge_final[:, -1, read].float()
         logit_error = float((bridge_read - finals[:keep, 0, read].float()).abs().max())
         if logit_error != logit_error:  # NaN: a read column the engine did not compute
             logit_error = float("inf")
-        logits = finals.new_full((self.n, seq, self.w.d_vocab), float("nan"))
+        logits = finals.new_full((self.n, self.seq, self.w.d_vocab), float("nan"))
         logits[:, -1] = finals[:, 0]
-        logits[:keep] = bridge_logits.to(logits)
+        logits[:keep, -1] = bridge_final[:, -1].to(logits)
         try:
             got = _metric_value(self.metric, logits, self.n, self.per_prompt)
         except (MetricError, PathPatchError) as error:

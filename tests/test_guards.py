@@ -377,3 +377,34 @@ def test_a_directory_with_revisions_honours_revision(ctx: Ctx) -> None:
     checkpoint = load_model(directory, revision="step1")
     assert torch.equal(final.W_U, ctx.model.W_U)
     assert not torch.equal(checkpoint.W_U, final.W_U)
+
+
+def test_hooked_final_logits_are_the_full_forwards_final_position(bundled_model) -> None:
+    """The early-stopped hooked run gives the full hooked run's last-position logits (to float
+    rounding), applies the caller's hooks, and leaves no hook behind."""
+    tokens = torch.randint(
+        1, bundled_model.cfg.d_vocab, (3, 9), generator=torch.Generator().manual_seed(0)
+    )
+
+    def silence_head(z: torch.Tensor, hook: object) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, 1] = 0.0
+        return z
+
+    hooks = [("blocks.1.attn.hook_z", silence_head)]
+    full = bundled_model.run_with_hooks(tokens, fwd_hooks=hooks)
+    final = guards.hooked_final_logits(bundled_model, tokens, hooks)
+    assert final.shape == (3, 1, bundled_model.cfg.d_vocab)
+    torch.testing.assert_close(final[:, 0], full[:, -1], rtol=0, atol=1e-5)
+    assert (final[:, 0] - bundled_model(tokens)[:, -1]).abs().max() > 1e-3
+    assert all(not point._forward_hooks for point in bundled_model.hook_dict.values())
+    assert torch.equal(bundled_model(tokens), bundled_model.run_with_hooks(tokens, fwd_hooks=[]))
+
+
+def test_hooked_final_logits_refuse_a_run_that_never_reaches_the_unembedding() -> None:
+    class Halting(torch.nn.Module):
+        def run_with_hooks(self, tokens: torch.Tensor, fwd_hooks: list) -> torch.Tensor:
+            return tokens
+
+    with pytest.raises(guards.PatchNotApplied, match=r"unembed\.hook_in hook fired 0 times"):
+        guards.hooked_final_logits(Halting(), torch.zeros(1, 2, dtype=torch.long))

@@ -410,27 +410,30 @@ def test_bridge_proof_reruns_a_few_prompts(tiny32_six, monkeypatch):
     """With the logit-difference metric the hooked model re-runs the first
     ``VERIFY_PROMPTS`` prompts (per-prompt values compared), and so it does with a callable
     that reads the final position only (those prompts' final logits at the columns it reads
-    compared); a metric that reads every position re-runs all."""
+    compared); both stop at the unembedding's input (final-position logits only). A metric
+    that reads every position re-runs all prompts to the full logits."""
     p = tiny32_six
     seen = []
     real = guards.verify_cell
 
-    def spy(model, cell, tokens, clean_act, corrupted_act, to_value, value, atol):
-        seen.append((tokens.shape[0], clean_act.shape[0], tuple(value.shape)))
-        return real(model, cell, tokens, clean_act, corrupted_act, to_value, value, atol)
+    def spy(model, cell, tokens, clean_act, corrupted_act, to_value, value, atol, final_only):
+        seen.append((tokens.shape[0], clean_act.shape[0], tuple(value.shape), final_only))
+        return real(
+            model, cell, tokens, clean_act, corrupted_act, to_value, value, atol, final_only
+        )
 
     monkeypatch.setattr(guards, "verify_cell", spy)
     patch_heads(p.model, p.clean, p.corrupted, p.metric, "z")
     rows = guards.VERIFY_PROMPTS
-    assert seen == [(rows, rows, (rows,))]
+    assert seen == [(rows, rows, (rows,), True)]
     seen.clear()
     patch_heads(p.model, p.clean, p.corrupted, _generic_metric, "z")
-    assert seen == [(6, 6, ())]
+    assert seen == [(6, 6, (), False)]
     seen.clear()
     patch_heads(p.model, p.clean, p.corrupted, _tl_metric(p), "z")
     patch_resid(p.model, p.clean, p.corrupted, _tl_metric(p))
     columns = len(set(p.answers.flatten().tolist()))  # what the callable reads
-    assert seen == [(rows, rows, (rows, columns))] * 2
+    assert seen == [(rows, rows, (rows, columns), True)] * 2
 
 
 def _reads_position_0_on_the_last_prompt(p: "Problem"):

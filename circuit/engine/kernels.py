@@ -7,7 +7,7 @@ before rotary; rotary tables ``cos``/``sin`` ``[positions, rotary_dim]`` (GPT-Ne
 ``rotate_half`` layout, on the first ``rotary_dim`` dims of each head).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float
@@ -299,12 +299,20 @@ def input_projection(
     layer: int,
     x: Float[torch.Tensor, "batch pos d_model"],
     site: str,
+    heads: Sequence[int] | None = None,
 ) -> Float[torch.Tensor, "batch pos head d_head"]:
-    """``q``, ``k`` or ``v`` (``site``) of every head at ``layer`` from the residual ``x``:
-    ``LN1(x) @ W + b`` with the site's slice of the fused ``W_QKV``."""
+    """``q``, ``k`` or ``v`` (``site``) at ``layer`` from the residual ``x``:
+    ``LN1(x) @ W + b`` with the site's slice of the fused ``W_QKV``; of every head, or of
+    ``heads`` only (head dim ``len(heads)``, in that order)."""
     index = "qkv".index(site)
     width = w.n_heads * w.d_head
     weight = w.W_QKV[layer, :, index * width : (index + 1) * width]
     bias = w.b_QKV[layer, index * width : (index + 1) * width]
+    n_heads = w.n_heads
+    if heads is not None:
+        chosen = torch.as_tensor(list(heads), dtype=torch.long, device=weight.device)
+        weight = weight.view(-1, w.n_heads, w.d_head)[:, chosen].flatten(1)
+        bias = bias.view(w.n_heads, w.d_head)[chosen].flatten()
+        n_heads = len(chosen)
     xn = normalise(x, w.ln1_w[layer], w.ln1_b[layer], w.eps)
-    return linear(xn, weight, bias).view(*x.shape[:-1], w.n_heads, w.d_head)
+    return linear(xn, weight, bias).view(*x.shape[:-1], n_heads, w.d_head)

@@ -195,6 +195,19 @@ TRIED: tuple[str, ...] = (
     "mean Spearman +0.282 (L3H1 +0.051). 0.1 was then judged once on fresh held-out "
     "descriptor pairs: Spearman 0.384 [0.296, 0.493], INCONCLUSIVE (`unfiltered` 0.516 "
     "[0.435, 0.604]); its minor_first held-out accuracy was 0.920, below 0.95. Not shipped.",
+    "Weight decay 0.1 with seed 1 (`--seed 1 --weight-decay 0.1`; held-out accuracy 0.985 to "
+    "1.000 on every template): three movers, L3H7 0.433, L3H5 0.252 and L3H1 0.247 of the "
+    "logit difference on the two-premise `study` prompts (0.932 together; L2H0 0.066 next), "
+    "query senders L1H6 0.847 and L1H2 0.711 of the gap (CONFIRMED with top_k 2; L1H0 0.022 "
+    "next), but Spearman of the three movers 0.349 [0.231, 0.471], INCONCLUSIVE at 0.3. "
+    "Rejected on `study`; nothing was judged on held-out data.",
+    "Weight decay 0.1 with seed 2 (held-out accuracy 0.965 to 1.000): four movers, L3H1 "
+    "0.337, L3H7 0.296, L3H0 0.182, L3H6 0.141 (L2H0 0.043 next), attending 0.94-0.97 to the "
+    "descriptor; mean Spearman +0.291 (L3H1 +0.368, L3H7 +0.206, L3H0 +0.257, L3H6 +0.334), "
+    "below 0.3. Rejected on `study`. Seed 3: the two-premise look-up never formed (held-out "
+    "probe 0.56 at step 2700, two_premise_late 0.51); stopped. Across four seeds of this "
+    "recipe the movers' Spearman on `study` was 0.505, 0.349, 0.291 and none: weight decay "
+    "does not make attention predict writing reliably at this size.",
 )
 """Recipe search record (kept in the card)."""
 

@@ -381,3 +381,18 @@ def test_a_one_position_forward_records_the_edited_activation(tiny32, site):
         )
         want = torch.where(mask, donor.activation(site, layer), base.activation(site, layer))
         assert _relative_error(out.records[(layer, site)], want[:, 5:]) < 1e-6, layer
+
+
+@pytest.mark.parametrize("site", ["q", "k", "v"])
+def test_input_projection_of_chosen_heads_equals_their_slice(tiny32, site):
+    """Projecting only the receiver heads (path patching's last receiver layer) gives those
+    heads' columns of the every-head projection, in the order asked for."""
+    from circuit.engine.kernels import input_projection
+
+    w = weights_of(tiny32)
+    run = F.run(w, tokens_for(tiny32, n=2, seq=6))
+    every = input_projection(w, 1, run.resid_pre[1], site)
+    chosen = input_projection(w, 1, run.resid_pre[1], site, [3, 0])
+    assert chosen.shape == (*every.shape[:2], 2, w.d_head)
+    torch.testing.assert_close(chosen, every[:, :, [3, 0]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(every, run.activation(site, 1), rtol=1e-5, atol=1e-5)
