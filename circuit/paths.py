@@ -81,6 +81,7 @@ from circuit.engine.forward import (
     run_pair,
 )
 from circuit.engine.kernels import input_projection
+from circuit.engine.lowrank import NextMlp, mlp_after_head_write, prepare_next_mlp
 from circuit.engine.memory import cpu_chunk_cap
 from circuit.engine.weights import ForwardWeights, weights_of
 from circuit.guards import (
@@ -209,10 +210,17 @@ class _Runs:
     corrupted: RunCache
     mode: str
     start: int
+    next_mlps: dict[int, NextMlp] = field(default_factory=dict)
+    """Per sender layer, the clean run's next MLP for its rank-``d_head`` input (freeze mode)."""
 
     @property
     def base(self) -> RunCache:
         return self.clean if self.mode == "freeze" else self.corrupted
+
+    def next_mlp(self, w: ForwardWeights, layer: int) -> NextMlp:
+        if layer not in self.next_mlps:
+            self.next_mlps[layer] = prepare_next_mlp(w, self.clean, layer)
+        return self.next_mlps[layer]
 
 
 def _runs(
@@ -247,24 +255,36 @@ def _chunks(plan: _Plan, n_heads: int, size: int) -> list[tuple[int, list[int], 
     return chunks
 
 
+@dataclass(frozen=True, eq=False)
+class _Writes:
+    """A batch of senders at one layer: each one's output change at positions ``start..``,
+    ``delta [variants, n, pos, d_model] = z_diff[:, :, v] @ W_O[layer, heads[v]]``, and its
+    factors ``z_diff [n, pos, variants, d_head]`` and ``heads [variants]`` (the null variant:
+    zeros, head 0)."""
+
+    delta: Float[torch.Tensor, "variants n pos d_model"]
+    z_diff: Float[torch.Tensor, "n pos variants d_head"]
+    heads: Int[torch.Tensor, " variants"]
+
+
 def _sender_writes(
     w: ForwardWeights, runs: _Runs, layer: int, heads: list[int], with_null: bool
-) -> Float[torch.Tensor, "variants n pos d_model"]:
-    """Each sender's output change at positions ``start..``, ``(z_to - z_from) @ W_O``: clean to
-    corrupted in freeze mode, corrupted to clean in direct mode; zero for the null variant."""
+) -> _Writes:
+    """Each sender's output change, ``(z_to - z_from) @ W_O``: clean to corrupted in freeze
+    mode, corrupted to clean in direct mode; zero for the null variant."""
     to, source = (
         (runs.corrupted, runs.clean) if runs.mode == "freeze" else (runs.clean, runs.corrupted)
     )
     index = torch.tensor(heads, dtype=torch.long, device=w.device)
     dz = to.z[layer][:, runs.start :, index] - source.z[layer][:, runs.start :, index]
-    writes = torch.einsum("nphe,hed->hnpd", dz, w.W_O[layer, index])
     if with_null:
-        writes = torch.cat([writes, torch.zeros_like(writes[:1])])
-    return writes
+        dz = torch.cat([dz, torch.zeros_like(dz[:, :, :1])], dim=2)
+        index = torch.cat([index, index.new_zeros(1)])
+    return _Writes(torch.einsum("nphe,hed->hnpd", dz, w.W_O[layer, index]), dz, index)
 
 
 def _freeze_chunk(
-    w: ForwardWeights, runs: _Runs, plan: _Plan, layer: int, write: torch.Tensor, outputs: dict
+    w: ForwardWeights, runs: _Runs, plan: _Plan, layer: int, writes: _Writes, outputs: dict
 ) -> tuple[ForwardOutput, torch.Tensor]:
     """Freeze mode for senders at ``layer`` (their writes ``[V, n, pos, d]``): step 2 records
     the receivers' inputs with every later head frozen to clean (MLPs recompute), step 3 runs
@@ -273,7 +293,10 @@ def _freeze_chunk(
 
     With every head frozen, step 2 treats each position alone. When the last receivers sit in
     the model's last layer and read ``q`` under a final-position metric, step 3 computes only
-    their final query, so step 2 runs the layer before them at the final position only."""
+    their final query, so step 2 runs the layer before them at the final position only. In a
+    parallel-attention model the first MLP after the senders reads a rank-``d_head`` change, so
+    its input projection runs at that rank (:func:`~circuit.engine.lowrank.mlp_after_head_write`).
+    """
     kind, start, clean = plan.receiver_input, runs.start, runs.clean
     targets = [r for r in plan.receivers_by_layer if r > layer]
     last = targets[-1]
@@ -284,21 +307,37 @@ def _freeze_chunk(
         and last - 1 > layer
     )
     stop = last - 1 if final_query else last
-    frozen = [Edit(at, "attn_out", clean.attn_out[at], None) for at in range(layer + 1, stop)]
-    step2 = forward_after_write(
-        w,
-        clean,
-        layer,
-        write,
-        start,
-        stop_layer=stop,
-        edits=frozen,
-        record=[(r, kind) for r in targets[:-1] if r < stop],
-    )
     heads_at = plan.receivers_by_layer
-    recorded = {  # the receiver heads' inputs only: [rows, pos, len(heads), d_head]
-        r: step2.records[(r, kind)][:, :, heads_at[r]] for r in targets[:-1] if r < stop
-    }
+    recorded: dict[int, torch.Tensor] = {}  # receiver heads' inputs: [rows, pos, heads, d_head]
+    after = layer
+    if w.parallel and layer + 1 < stop:
+        after = layer + 1
+        next_mlp = runs.next_mlp(w, layer)
+        x_after, resid = mlp_after_head_write(
+            w, clean, next_mlp, writes.heads, writes.z_diff, writes.delta, start
+        )
+        if after in targets:
+            recorded[after] = input_projection(w, after, x_after, kind, heads_at[after])
+    frozen = [Edit(at, "attn_out", clean.attn_out[at], None) for at in range(after + 1, stop)]
+    records = [(r, kind) for r in targets[:-1] if after < r < stop]
+    if after == layer:
+        step2 = forward_after_write(
+            w, clean, layer, writes.delta, start, stop_layer=stop, edits=frozen, record=records
+        )
+    elif after + 1 < stop:
+        step2 = forward(
+            w,
+            resid,
+            start_layer=after + 1,
+            stop_layer=stop,
+            start_pos=start,
+            prefix=clean,
+            edits=frozen,
+            record=records,
+        )
+    else:
+        step2 = ForwardOutput(resid=resid)
+    recorded.update({r: step2.records[(r, kind)][:, :, heads_at[r]] for r, _ in records})
     last_from = start
     if final_query:
         if stop in targets:
@@ -316,8 +355,8 @@ def _freeze_chunk(
         recorded[last] = input_projection(w, last, tail.resid, kind, heads_at[last])
     else:
         recorded[last] = input_projection(w, last, step2.resid, kind, heads_at[last])
-    variants = write.shape[0]
-    change = torch.zeros(variants, dtype=write.dtype, device=write.device)
+    variants = writes.delta.shape[0]
+    change = writes.delta.new_zeros(variants)
     for r in targets:
         heads, positions = heads_at[r], recorded[r].shape[1]
         patched = recorded[r].view(variants, -1, positions, len(heads), w.d_head)
@@ -353,13 +392,13 @@ def _every_head(
 
 
 def _direct_chunk(
-    w: ForwardWeights, runs: _Runs, plan: _Plan, layer: int, write: torch.Tensor, outputs: dict
+    w: ForwardWeights, runs: _Runs, plan: _Plan, layer: int, writes: _Writes, outputs: dict
 ) -> tuple[ForwardOutput, torch.Tensor]:
     """Direct mode for senders at ``layer``: the corrupted prompts with each sender's write
     added to the receivers' own copy of the residual (an additive ``{q,k,v}_input`` edit)."""
     site, start = f"{plan.receiver_input}_input", runs.start
     targets = [r for r in plan.receivers_by_layer if r > layer]
-    value = write.flatten(0, 1)[:, :, None, :]
+    value = writes.delta.flatten(0, 1)[:, :, None, :]
     edits = [
         Edit(r, site, value, head_mask(w, plan.receivers_by_layer[r]), add=True, start=start)
         for r in targets
@@ -376,7 +415,7 @@ def _direct_chunk(
         **outputs,
     )
     moved = torch.stack([out.changes[(r, site)] for r in targets]).amax(dim=0)
-    return out, moved.view(write.shape[0], -1).amax(dim=1)
+    return out, moved.view(writes.delta.shape[0], -1).amax(dim=1)
 
 
 def _values(
@@ -551,8 +590,8 @@ def path_patch_detailed(
     final_callable = not fast_metric and access.final_only
     null_final = None
     for layer, heads, with_null in _chunks(plan, w.n_heads, size):
-        write = _sender_writes(w, runs, layer, heads, with_null)
-        out, change = run_chunk(w, runs, plan, layer, write, outputs)
+        writes = _sender_writes(w, runs, layer, heads, with_null)
+        out, change = run_chunk(w, runs, plan, layer, writes, outputs)
         if with_null and final_callable:
             null_final = out.resid[-n:, -1].clone()
         changes.append(change)
@@ -641,8 +680,8 @@ def path_patch_detailed(
         logits = _hooked_logits(model, tokens, caches, plan, verified_sender, mode, w, final_only)
         if final_callable:
             layer, head = verified_sender
-            write = _sender_writes(w, runs, layer, [head], False)
-            sender_final = run_chunk(w, runs, plan, layer, write, outputs)[0].resid[:, -1]
+            writes = _sender_writes(w, runs, layer, [head], False)
+            sender_final = run_chunk(w, runs, plan, layer, writes, outputs)[0].resid[:, -1]
             verification_error, tolerance = proved.error(logits, sender_final, fast_value)
         else:
             hooked = check_metric(logits)
