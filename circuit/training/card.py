@@ -208,6 +208,12 @@ TRIED: tuple[str, ...] = (
     "probe 0.56 at step 2700, two_premise_late 0.51); stopped. Across four seeds of this "
     "recipe the movers' Spearman on `study` was 0.505, 0.349, 0.291 and none: weight decay "
     "does not make attention predict writing reliably at this size.",
+    "Weight decay 0.2 (discovery on the two-premise `study` prompts only): seed 0 grew five "
+    "movers (L3H1 0.485, L3H6 0.166, L3H0 0.122, L3H4 0.080, L3H7 0.075; mean Spearman "
+    "+0.505) and query senders L1H5 0.900, L1H4 0.822; seed 1 three (L3H7 0.456, L3H1 0.226, "
+    "L3H5 0.152; their mean Spearman +0.473) and senders L1H2 0.887, L1H4 0.470. Both failed "
+    "held-out accuracy (seed 0 two_premise 0.885, seed 1 minor_first 0.930, below 0.95): "
+    "more decay grades the movers' attention and costs the look-up. Not judged further.",
 )
 """Recipe search record (kept in the card)."""
 
