@@ -70,6 +70,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="AdamW weight decay on every trained weight matrix (biases and norms: none)",
     )
     parser.add_argument(
+        "--qk-decay",
+        type=float,
+        default=defaults.qk_decay,
+        help="decoupled decay of the query and key projections only (weights and biases; "
+        "scaled by the learning rate, as AdamW's) in --qk-decay-layers",
+    )
+    parser.add_argument(
+        "--qk-decay-layers",
+        default=",".join(str(layer) for layer in defaults.qk_decay_layers),
+        help="comma-separated layers whose queries and keys --qk-decay shrinks",
+    )
+    parser.add_argument(
         "--revisions",
         default=",".join(str(step) for step in defaults.revision_steps),
         help="comma-separated checkpoint steps saved under revisions/stepN",
@@ -157,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        qk_decay=args.qk_decay,
+        qk_decay_layers=tuple(int(s) for s in args.qk_decay_layers.split(",") if s.strip()),
         revision_steps=tuple(step for step in revision_steps if step < args.steps),
         eval_every=args.eval_every,
         threads=args.threads,

@@ -67,6 +67,12 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
+    qk_decay: float = 0.0
+    """Decoupled decay (as AdamW's, scaled by the step's learning rate) of the query and key
+    projections alone, weights and biases, in :attr:`qk_decay_layers`: it bounds how sharply
+    those layers' heads can attend without shrinking what they read or write."""
+    qk_decay_layers: tuple[int, ...] = ()
+    """Layers whose query and key projections :attr:`qk_decay` shrinks."""
     grad_clip: float = 1.0
     random_opposite_rate: float = 0.9
     extra_descriptors: bool = True
@@ -106,6 +112,13 @@ class TrainConfig:
                         f"supervised {role} head L{layer}H{head} is not in a model of "
                         f"{self.shape.n_layers} layers x {self.shape.n_heads} heads"
                     )
+        if not all(0 <= layer < self.shape.n_layers for layer in self.qk_decay_layers):
+            raise ValueError(
+                f"qk_decay_layers {self.qk_decay_layers} are not all in a model of "
+                f"{self.shape.n_layers} layers"
+            )
+        if self.qk_decay and not self.qk_decay_layers:
+            raise ValueError("qk_decay needs qk_decay_layers (the layers it shrinks)")
         if self.fresh_categories and not self.freeze_embeddings:
             raise ValueError(
                 "fresh_categories needs freeze_embeddings: trained category embeddings would "

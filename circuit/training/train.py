@@ -53,6 +53,18 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
 
 
+def shrink_query_key_(model: GPTNeoXForCausalLM, layer: int, factor: float) -> None:
+    """Multiply ``layer``'s query and key projections (weights and biases, every head) by
+    ``1 - factor`` in place; values untouched. GPT-NeoX fuses them per head as
+    ``[n_heads, (q, k, v), d_head]`` rows of ``query_key_value``."""
+    n_heads = model.config.num_attention_heads
+    projection = model.gpt_neox.layers[layer].attention.query_key_value
+    with torch.no_grad():
+        for tensor in (projection.weight, projection.bias):
+            rows = tensor.view(n_heads, 3, -1, *tensor.shape[1:])
+            rows[:, :2].mul_(1.0 - factor)
+
+
 CONCLUSION_OPENERS: Final[tuple[str, ...]] = ("Therefore", "So", "Hence", "Thus")
 """Words that open a conclusion; the token after the conclusion's next " are" is its answer."""
 
@@ -221,6 +233,10 @@ def _train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimiser.step()
+        if config.qk_decay:
+            rate = config.lr * lr_factor(step, config) * config.qk_decay
+            for layer in config.qk_decay_layers:
+                shrink_query_key_(model, layer, rate)
         result.losses.append(float(language.detach()))
         done = step + 1
         if config.eval_every and (done % config.eval_every == 0 or done == config.steps):

@@ -103,6 +103,71 @@ def test_weight_decay_option_reaches_the_optimiser(tmp_path):
     assert any(not weights["default"][k].equal(weights["decay"][k]) for k in matrices)
 
 
+def test_shrink_query_key_scales_only_that_layers_queries_and_keys():
+    """Rows ``[head, (q, k, v), d_head]`` of ``query_key_value``: q and k scaled, v and every
+    other layer bit for bit; the last layer's attention pattern softens, earlier ones do not."""
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    from circuit.training.train import shrink_query_key_
+
+    torch.manual_seed(0)
+    config = TINY.hf_config(64)
+    config._attn_implementation = "eager"
+    model = GPTNeoXForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            layer.attention.query_key_value.bias.normal_(0.0, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tokens = torch.randint(1, 64, (2, 12))
+    with torch.no_grad():
+        patterns = model(tokens, output_attentions=True).attentions
+        shrink_query_key_(model, 1, 0.75)
+        after = model(tokens, output_attentions=True).attentions
+    name = "gpt_neox.layers.1.attention.query_key_value"
+    d_head = TINY.d_model // TINY.n_heads
+    for suffix in ("weight", "bias"):
+        old = before[f"{name}.{suffix}"].view(TINY.n_heads, 3, d_head, -1)
+        new = model.state_dict()[f"{name}.{suffix}"].view(TINY.n_heads, 3, d_head, -1)
+        assert new[:, :2].equal(old[:, :2] * 0.25)
+        assert new[:, 2].equal(old[:, 2])
+    changed = [k for k in before if not before[k].equal(model.state_dict()[k])]
+    assert changed == [f"{name}.weight", f"{name}.bias"]
+    assert patterns[0].equal(after[0])
+    entropy = [-(p * p.clamp_min(1e-12).log()).sum(-1).mean() for p in (patterns[1], after[1])]
+    assert entropy[1] > entropy[0]
+
+
+def test_qk_decay_option_shrinks_only_the_chosen_layers_queries_and_keys(tmp_path):
+    """``--qk-decay`` and ``--qk-decay-layers`` are recorded in the log; with them the chosen
+    layer's queries and keys end smaller than in the default run (no decay)."""
+    from safetensors.torch import load_file
+
+    args = ["--steps", "3", "--revisions", "", "--batch-size", "4", "--d-model", "32"]
+    args += ["--layers", "2", "--heads", "2", "--d-mlp", "64", "--eval-every", "0"]
+    args += ["--supervise", "none", "--no-card", "--lr", "0.05", "--corpus", "v3"]
+    args += ["--no-freeze-embeddings", "--no-fresh-categories", "--max-positions", "64"]
+    weights = {}
+    runs = {"default": [], "decay": ["--qk-decay", "5", "--qk-decay-layers", "1"]}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        main(["--out", str(out), *args, *extra])
+        config = json.loads((out / "training_log.json").read_text())["config"]
+        expected = (0.0, []) if name == "default" else (5.0, [1])
+        assert (config["qk_decay"], config["qk_decay_layers"]) == expected
+        weights[name] = load_file(str(out / "model.safetensors"))
+    qkv = "gpt_neox.layers.1.attention.query_key_value.weight"
+    default, decayed = weights["default"][qkv], weights["decay"][qkv]
+    assert decayed.view(2, 3, 16, 32)[:, :2].norm() < default.view(2, 3, 16, 32)[:, :2].norm()
+
+
+def test_qk_decay_needs_layers_that_exist():
+    with pytest.raises(ValueError, match="needs qk_decay_layers"):
+        TrainConfig(qk_decay=1.0, supervision=None, shape=TINY)
+    with pytest.raises(ValueError, match=r"qk_decay_layers \(2,\) are not all in a model of 2"):
+        TrainConfig(qk_decay=1.0, qk_decay_layers=(2,), supervision=None, shape=TINY)
+
+
 def test_square_mlp_is_refused():
     with pytest.raises(ValueError, match="d_mlp must differ"):
         ModelShape(d_model=32, d_mlp=32)
