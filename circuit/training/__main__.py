@@ -35,21 +35,24 @@ def _heads_text(supervision: Supervision | None) -> str:
     if supervision is None:
         return "none"
     heads = (supervision.key, supervision.query, supervision.mover)
-    return ",".join(f"L{layer}H{head}" for layer, head in heads)
+    return ",".join("none" if head is None else "L{}H{}".format(*head) for head in heads)
 
 
 def parse_supervision(text: str, weight: float) -> Supervision | None:
-    """``"L0H0,L1H0,L2H0"`` (key, query, mover heads) or ``"none"``."""
+    """``"L0H0,L1H0,L2H0"`` (key, query, mover heads), ``"L0H0,L1H0,none"`` (no mover
+    term) or ``"none"``."""
     if text.strip().lower() == "none":
         return None
     parts = [part.strip().upper() for part in text.split(",")]
     match = [re.fullmatch(r"L(\d+)H(\d+)", part) for part in parts]
-    if len(parts) != 3 or not all(match):
+    if len(parts) != 3 or not (match[0] and match[1] and (match[2] or parts[2] == "NONE")):
         raise SystemExit(
-            f"--supervise: expected three heads KEY,QUERY,MOVER like L0H0,L1H0,L2H0 or 'none', "
-            f"got {text!r}"
+            "--supervise: expected three heads KEY,QUERY,MOVER like L0H0,L1H0,L2H0 (MOVER may "
+            f"be 'none'), or 'none', got {text!r}"
         )
-    key, query, mover = ((int(m.group(1)), int(m.group(2))) for m in match if m)
+    key, query, mover = ((int(m.group(1)), int(m.group(2))) if m else None for m in match)
+    assert key is not None
+    assert query is not None
     return Supervision(key=key, query=query, mover=mover, weight=weight)
 
 

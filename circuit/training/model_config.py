@@ -106,7 +106,10 @@ class TrainConfig:
                 "query": self.supervision.query,
                 "mover": self.supervision.mover,
             }
-            for role, (layer, head) in heads.items():
+            for role, supervised in heads.items():
+                if supervised is None:
+                    continue
+                layer, head = supervised
                 if not (0 <= layer < self.shape.n_layers and 0 <= head < self.shape.n_heads):
                     raise ValueError(
                         f"supervised {role} head L{layer}H{head} is not in a model of "

@@ -35,7 +35,8 @@ class Supervision:
 
     key: Head = (0, 0)
     query: Head = (1, 0)
-    mover: Head = (2, 0)
+    mover: Head | None = (2, 0)
+    """``None``: no mover term; the movers are left to the next-token loss."""
     weight: float = 1.0
 
 
@@ -110,7 +111,8 @@ def attention_losses(
     vocabulary: Vocabulary,
     supervision: Supervision,
 ) -> dict[str, torch.Tensor]:
-    """The three attention terms (``key``, ``query``, ``mover``; unweighted scalars) for one
+    """The attention terms (``key``, ``query``, and ``mover`` unless it is ``None``;
+    unweighted scalars) for one
     batch: ``attentions`` per layer (the model's ``output_attentions``), ``answers[i, j]``:
     token ``j`` is a conclusion's final " are" (its next token the answer)."""
     length = tokens.shape[1]
@@ -142,9 +144,12 @@ def attention_losses(
     key_attention = attentions[key_layer][key_rows, key_head, key_columns]
     key_targets = positions == (key_columns - 2)[:, None]
     query_layer, query_head = supervision.query
-    mover_layer, mover_head = supervision.mover
-    return {
+    terms = {
         "key": _mass_loss(key_attention, key_targets.expand(len(key_rows), length)),
         "query": _mass_loss(attentions[query_layer][rows, query_head, columns], query_targets),
-        "mover": _mass_loss(attentions[mover_layer][rows, mover_head, columns], mover_targets),
     }
+    if supervision.mover is not None:
+        mover_layer, mover_head = supervision.mover
+        mover_attention = attentions[mover_layer][rows, mover_head, columns]
+        terms["mover"] = _mass_loss(mover_attention, mover_targets)
+    return terms

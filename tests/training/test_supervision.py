@@ -119,3 +119,39 @@ def test_supervised_heads_must_exist():
     with pytest.raises(ValueError, match="mover head L2H0 is not in a model of 2 layers x 4"):
         TrainConfig(shape=small)
     TrainConfig(shape=small, supervision=Supervision(mover=(1, 3)))
+
+
+def test_without_a_mover_only_the_key_and_query_terms_remain(tokenizer):
+    """``Supervision(mover=None)``: the same key and query terms, no mover term; a model of
+    any depth accepts it, and the command line spells it ``KEY,QUERY,none``."""
+    from circuit.training.__main__ import _heads_text, parse_supervision
+    from circuit.training.model_config import ModelShape
+
+    tokens, _ = encode_texts(tokenizer, [TEXT], append_eos=True)
+    answers = conclusion_answers(tokenizer, tokens)
+    vocabulary = Vocabulary.of(tokenizer, TRAIN_CATEGORY_POOL)
+    length = tokens.shape[1]
+    torch.manual_seed(0)
+    attentions = [torch.rand(1, 8, length, length).tril().softmax(-1) for _ in range(3)]
+    both = attention_losses(attentions, tokens, answers, vocabulary, Supervision())
+    no_mover = attention_losses(attentions, tokens, answers, vocabulary, Supervision(mover=None))
+    assert set(no_mover) == {"key", "query"}
+    assert all(no_mover[term].equal(both[term]) for term in no_mover)
+    TrainConfig(shape=ModelShape(n_layers=2, n_heads=4), supervision=Supervision(mover=None))
+    parsed = parse_supervision("L0H0,L1H0,none", 0.5)
+    assert parsed == Supervision(key=(0, 0), query=(1, 0), mover=None, weight=0.5)
+    assert _heads_text(parsed) == "L0H0,L1H0,none"
+    with pytest.raises(SystemExit, match="MOVER may be 'none'"):
+        parse_supervision("none,L1H0,L2H0", 1.0)
+
+
+def test_the_card_says_when_no_head_is_supervised_as_the_mover():
+    from circuit.training.card import _supervision_text
+
+    supervision = {"key": [0, 0], "query": [1, 0], "weight": 1.0}
+    three = _supervision_text({"supervision": {**supervision, "mover": [2, 0]}})
+    two = _supervision_text({"supervision": {**supervision, "mover": None}})
+    assert "3 attention terms" in three
+    assert "L2H0 from there to the answer's earlier occurrences" in three
+    assert "2 attention terms" in two
+    assert "no head is supervised as the mover" in two
