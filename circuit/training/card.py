@@ -243,8 +243,13 @@ TRIED: tuple[str, ...] = (
     "L3H0 attended 0.999 to the descriptor (its supervision term outweighed the decay) and "
     "mean Spearman was +0.361 (L3H7 +0.261, L3H0 +0.077, L3H2 +0.379, L2H7 +0.641, L2H4 "
     "+0.447). In every run so far the supervised mover's attention is saturated and its "
-    "Spearman near zero wherever it sits; the next recipe to try supervises the key and "
-    "query heads only (`--supervise L0H0,L1H0,none`). Not shipped (2505 s).",
+    "Spearman near zero wherever it sits. Not shipped (2505 s).",
+    "Key and query heads supervised, no mover term (`--supervise L0H0,L1H0,none --qk-decay "
+    "L --qk-decay-layers 3`, L = 1 and 2, side by side): the two-premise look-up did not "
+    "form (held-out probe two_premise / two_premise_late 0.453 / 0.445 and 0.453 / 0.500 at "
+    "step 900, between 0.42 and 0.58 at every probe since step 100, where the runs with a "
+    "supervised mover were at 0.95 by step 800). Stopped at step 900 for the session's time: "
+    "at this budget the mover's supervision is what makes the look-up learnable.",
 )
 """Recipe search record (kept in the card)."""
 
