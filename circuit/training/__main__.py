@@ -56,6 +56,11 @@ def parse_supervision(text: str, weight: float) -> Supervision | None:
     return Supervision(key=key, query=query, mover=mover, weight=weight)
 
 
+def parse_ints(text: str) -> tuple[int, ...]:
+    """``"10,30,100"`` -> ``(10, 30, 100)``; empty items (and ``""``) are skipped."""
+    return tuple(int(item) for item in text.split(",") if item.strip())
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; defaults reproduce the shipped model."""
     defaults = TrainConfig()
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     args = parse_args(argv)
-    revision_steps = tuple(int(s) for s in args.revisions.split(",") if s.strip())
+    revision_steps = parse_ints(args.revisions)
     shape = ModelShape(
         d_model=args.d_model,
         n_layers=args.layers,
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         weight_decay=args.weight_decay,
         qk_decay=args.qk_decay,
-        qk_decay_layers=tuple(int(s) for s in args.qk_decay_layers.split(",") if s.strip()),
+        qk_decay_layers=parse_ints(args.qk_decay_layers),
         revision_steps=tuple(step for step in revision_steps if step < args.steps),
         eval_every=args.eval_every,
         threads=args.threads,
