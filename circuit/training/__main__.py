@@ -135,6 +135,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(circuit.training.supervision); 'none': no supervision",
     )
     parser.add_argument(
+        "--mover-supervision-steps",
+        type=int,
+        default=defaults.mover_supervision_steps,
+        help="apply the supervised mover's attention term in the first N steps only "
+        "(default: every step)",
+    )
+    parser.add_argument(
         "--supervision-weight",
         type=float,
         default=(defaults.supervision or Supervision()).weight,
@@ -163,34 +170,38 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     args = parse_args(argv)
     revision_steps = parse_ints(args.revisions)
-    shape = ModelShape(
-        d_model=args.d_model,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        d_mlp=args.d_mlp,
-        max_positions=args.max_positions,
-        rotary_pct=args.rotary_pct,
-    )
-    config = TrainConfig(
-        seed=args.seed,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        qk_decay=args.qk_decay,
-        qk_decay_layers=parse_ints(args.qk_decay_layers),
-        revision_steps=tuple(step for step in revision_steps if step < args.steps),
-        eval_every=args.eval_every,
-        threads=args.threads,
-        random_opposite_rate=args.random_opposite_rate,
-        extra_descriptors=not args.no_extra_descriptors,
-        corpus=args.corpus,
-        answer_weight=args.answer_weight,
-        supervision=parse_supervision(args.supervise, args.supervision_weight),
-        freeze_embeddings=args.freeze_embeddings,
-        fresh_categories=args.fresh_categories,
-        shape=shape,
-    )
+    try:
+        shape = ModelShape(
+            d_model=args.d_model,
+            n_layers=args.layers,
+            n_heads=args.heads,
+            d_mlp=args.d_mlp,
+            max_positions=args.max_positions,
+            rotary_pct=args.rotary_pct,
+        )
+        config = TrainConfig(
+            seed=args.seed,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            qk_decay=args.qk_decay,
+            qk_decay_layers=parse_ints(args.qk_decay_layers),
+            revision_steps=tuple(step for step in revision_steps if step < args.steps),
+            eval_every=args.eval_every,
+            threads=args.threads,
+            random_opposite_rate=args.random_opposite_rate,
+            extra_descriptors=not args.no_extra_descriptors,
+            corpus=args.corpus,
+            answer_weight=args.answer_weight,
+            supervision=parse_supervision(args.supervise, args.supervision_weight),
+            mover_supervision_steps=args.mover_supervision_steps,
+            freeze_embeddings=args.freeze_embeddings,
+            fresh_categories=args.fresh_categories,
+            shape=shape,
+        )
+    except ValueError as error:  # a configuration the model or trainer cannot take
+        raise SystemExit(f"python -m circuit.training: {error}") from None
     out: Path = args.out
     if (out / "revisions").exists():
         shutil.rmtree(out / "revisions")

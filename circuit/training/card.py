@@ -521,8 +521,10 @@ def _supervision_text(config: dict[str, object]) -> str:
             for role in ("key", "query", "mover")
             if supervision[role] is not None
         }
+        mover_steps = config.get("mover_supervision_steps")
         mover = (
             f", and {heads['mover']} from there to the answer's earlier occurrences"
+            + (f" (in the first {mover_steps} steps only)" if mover_steps is not None else "")
             if "mover" in heads
             else " (no head is supervised as the mover)"
         )

@@ -89,6 +89,10 @@ class TrainConfig:
     ``v6``, the shipped model's, up to 137 tokens)."""
     supervision: Supervision | None = field(default_factory=Supervision)
     """Attention supervision of three heads (:mod:`circuit.training.supervision`), or none."""
+    mover_supervision_steps: int | None = None
+    """The supervision's mover term applies in the first this-many steps only (then the
+    mover's attention is left to the next-token loss and any :attr:`qk_decay`); ``None``:
+    in every step."""
     freeze_embeddings: bool = True
     """Keep the token embeddings at their random initialisation: a training word's embedding
     is then no different from a held-out word's, so what the model learns about words it
@@ -119,6 +123,14 @@ class TrainConfig:
             raise ValueError(
                 f"qk_decay_layers {self.qk_decay_layers} are not all in a model of "
                 f"{self.shape.n_layers} layers"
+            )
+        if self.mover_supervision_steps is not None and (
+            self.supervision is None or self.supervision.mover is None
+        ):
+            raise ValueError("mover_supervision_steps needs a supervision with a mover head")
+        if self.mover_supervision_steps is not None and self.mover_supervision_steps < 0:
+            raise ValueError(
+                f"mover_supervision_steps must be at least 0, got {self.mover_supervision_steps}"
             )
         if self.qk_decay and not self.qk_decay_layers:
             raise ValueError("qk_decay needs qk_decay_layers (the layers it shrinks)")

@@ -4,7 +4,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import torch
@@ -14,6 +14,7 @@ from circuit.training.corpus import evaluation_prompts, training_texts
 from circuit.training.metrics import encode_texts, score
 from circuit.training.model_config import TrainConfig
 from circuit.training.supervision import (
+    Supervision,
     Vocabulary,
     attention_losses,
     fresh_category_embeddings,
@@ -63,6 +64,14 @@ def shrink_query_key_(model: GPTNeoXForCausalLM, layer: int, factor: float) -> N
         for tensor in (projection.weight, projection.bias):
             rows = tensor.view(n_heads, 3, -1, *tensor.shape[1:])
             rows[:, :2].mul_(1.0 - factor)
+
+
+def supervision_at(supervision: Supervision, step: int, mover_steps: int | None) -> Supervision:
+    """The attention supervision that applies at ``step`` (0-based): ``supervision``, without
+    its mover term from step ``mover_steps`` on (``None``: with it at every step)."""
+    if mover_steps is None or step < mover_steps:
+        return supervision
+    return replace(supervision, mover=None)
 
 
 CONCLUSION_OPENERS: Final[tuple[str, ...]] = ("Therefore", "So", "Hence", "Thus")
@@ -225,7 +234,7 @@ def _train(
                 tokens,
                 conclusion_answers(tokenizer, tokens),
                 vocabulary,
-                config.supervision,
+                supervision_at(config.supervision, step, config.mover_supervision_steps),
             )
             result.attention_losses.append({k: float(v.detach()) for k, v in terms.items()})
             loss = loss + config.supervision.weight * torch.stack(list(terms.values())).sum()

@@ -155,3 +155,62 @@ def test_the_card_says_when_no_head_is_supervised_as_the_mover():
     assert "L2H0 from there to the answer's earlier occurrences" in three
     assert "2 attention terms" in two
     assert "no head is supervised as the mover" in two
+
+
+def test_the_mover_term_applies_in_its_first_steps_only(tokenizer):
+    """``mover_supervision_steps=2``: steps 0-1 carry the mover term, later steps only the key
+    and query terms; training is the always-supervised run's until the first step without it
+    (the losses agree through step 2, whose loss precedes its update, and differ at step 3)."""
+    import dataclasses
+
+    from circuit.training.model_config import ModelShape
+    from circuit.training.train import supervision_at, train
+
+    config = TrainConfig(
+        steps=4,
+        batch_size=4,
+        warmup_steps=1,
+        revision_steps=(),
+        eval_every=0,
+        supervision=Supervision(key=(0, 0), query=(0, 1), mover=(1, 0)),
+        shape=ModelShape(d_model=32, n_layers=2, n_heads=4, d_mlp=64, max_positions=160),
+    )
+    released = train(
+        dataclasses.replace(config, mover_supervision_steps=2), tokenizer, log=lambda _: None
+    )
+    always = train(config, tokenizer, log=lambda _: None)
+    assert [sorted(terms) for terms in released.attention_losses] == [
+        ["key", "mover", "query"],
+        ["key", "mover", "query"],
+        ["key", "query"],
+        ["key", "query"],
+    ]
+    assert [sorted(terms) for terms in always.attention_losses] == [["key", "mover", "query"]] * 4
+    assert released.losses[:3] == always.losses[:3]
+    assert released.losses[3] != always.losses[3]
+    supervision = config.supervision
+    assert supervision is not None
+    assert supervision_at(supervision, 10**6, None) is supervision
+    assert supervision_at(supervision, 4, 5) is supervision
+    assert supervision_at(supervision, 5, 5) == dataclasses.replace(supervision, mover=None)
+
+
+def test_a_mover_schedule_needs_a_mover_and_is_spelled_on_the_command_line_and_card():
+    from circuit.training.__main__ import main
+    from circuit.training.card import _supervision_text
+
+    with pytest.raises(ValueError, match="needs a supervision with a mover head"):
+        TrainConfig(supervision=Supervision(mover=None), mover_supervision_steps=5)
+    with pytest.raises(ValueError, match="needs a supervision with a mover head"):
+        TrainConfig(supervision=None, mover_supervision_steps=5)
+    with pytest.raises(ValueError, match="at least 0, got -1"):
+        TrainConfig(mover_supervision_steps=-1)
+    with pytest.raises(SystemExit, match=r"circuit\.training: mover_supervision_steps needs"):
+        main(["--supervise", "L0H0,L1H0,none", "--mover-supervision-steps", "5", "--no-card"])
+    supervision = {"key": [0, 0], "query": [1, 0], "mover": [3, 0], "weight": 1.0}
+    timed = _supervision_text({"supervision": supervision, "mover_supervision_steps": 1500})
+    throughout = _supervision_text({"supervision": supervision, "mover_supervision_steps": None})
+    assert "L3H0 from there to the answer's earlier occurrences (in the first 1500 steps only)" in (
+        timed
+    )
+    assert "first" not in throughout
