@@ -56,6 +56,23 @@ def parse_supervision(text: str, weight: float) -> Supervision | None:
     return Supervision(key=key, query=query, mover=mover, weight=weight)
 
 
+def parse_mover_steps(
+    text: str | None, supervision: Supervision | None, default: int | None
+) -> int | None:
+    """``--mover-supervision-steps``: ``"N"``, ``"all"`` (``None``: every step), or not given:
+    ``default`` when ``supervision`` has a mover term, else ``None`` (nothing to schedule)."""
+    if text is None:
+        return default if supervision is not None and supervision.mover is not None else None
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise SystemExit(
+            f"--mover-supervision-steps: expected a number of steps or 'all', got {text!r}"
+        ) from None
+
+
 def parse_ints(text: str) -> tuple[int, ...]:
     """``"10,30,100"`` -> ``(10, 30, 100)``; empty items (and ``""``) are skipped."""
     return tuple(int(item) for item in text.split(",") if item.strip())
@@ -136,10 +153,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mover-supervision-steps",
-        type=int,
-        default=defaults.mover_supervision_steps,
-        help="apply the supervised mover's attention term in the first N steps only "
-        "(default: every step)",
+        metavar="N|all",
+        default=None,
+        help="apply the supervised mover's attention term in the first N steps only, or "
+        f"'all' (default: {defaults.mover_supervision_steps or 'all'} when --supervise names "
+        "a mover)",
     )
     parser.add_argument(
         "--supervision-weight",
@@ -169,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     args = parse_args(argv)
+    supervision = parse_supervision(args.supervise, args.supervision_weight)
+    defaults = TrainConfig()
     revision_steps = parse_ints(args.revisions)
     try:
         shape = ModelShape(
@@ -194,8 +214,10 @@ def main(argv: list[str] | None = None) -> None:
             extra_descriptors=not args.no_extra_descriptors,
             corpus=args.corpus,
             answer_weight=args.answer_weight,
-            supervision=parse_supervision(args.supervise, args.supervision_weight),
-            mover_supervision_steps=args.mover_supervision_steps,
+            supervision=supervision,
+            mover_supervision_steps=parse_mover_steps(
+                args.mover_supervision_steps, supervision, defaults.mover_supervision_steps
+            ),
             freeze_embeddings=args.freeze_embeddings,
             fresh_categories=args.fresh_categories,
             shape=shape,

@@ -250,6 +250,20 @@ TRIED: tuple[str, ...] = (
     "step 900, between 0.42 and 0.58 at every probe since step 100, where the runs with a "
     "supervised mover were at 0.95 by step 800). Stopped at step 900 for the session's time: "
     "at this budget the mover's supervision is what makes the look-up learnable.",
+    "Query/key decay 2 on layer 3 with the default supervision (`--qk-decay 2 "
+    "--qk-decay-layers 3`): movers L3H1 0.705, L2H0 0.151, L3H0 0.147 of the logit "
+    "difference (then L2H1 0.007), attending 0.925, 0.998, 0.871; Spearman +0.337, +0.007, "
+    "+0.534; held-out accuracy minor_first 0.945, below 0.95. Not judged further.",
+    "The supervised mover released (`--supervise L0H0,L1H0,L3H0 --mover-supervision-steps "
+    "1500 --qk-decay 3 --qk-decay-layers 3`: L3H0's attention term only in the first 1500 "
+    "steps, so that once the look-up has formed (two-premise probe 0.91 at step 800, 0.98 "
+    "at step 1200) the decay grades it like any other last-layer head). Held-out accuracy "
+    "1.000 on every template. Movers L3H7 0.542, L3H0 0.263, L2H7 0.093, L2H4 0.061 (L2H5 "
+    "0.020 next), attending 0.860, 0.895, 0.834, 0.899 to the descriptor; Spearman +0.242, "
+    "+0.152, +0.733, +0.516, mean +0.411; query senders L1H7 0.926, L1H1 0.088 of the gap. "
+    "The released L3H0 fell from 0.999 to 0.895. Judged on `study` (the four heads of at "
+    "least 0.05 of the logit difference, `top_k = 4`, `spearman = 0.3`): attention-writing "
+    "0.411 [0.312, 0.518], CONFIRMED; query influencers CONFIRMED (2592 s).",
 )
 """Recipe search record (kept in the card)."""
 

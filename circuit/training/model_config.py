@@ -119,7 +119,9 @@ class TrainConfig:
                         f"supervised {role} head L{layer}H{head} is not in a model of "
                         f"{self.shape.n_layers} layers x {self.shape.n_heads} heads"
                     )
-        if not all(0 <= layer < self.shape.n_layers for layer in self.qk_decay_layers):
+        if self.qk_decay and not all(
+            0 <= layer < self.shape.n_layers for layer in self.qk_decay_layers
+        ):
             raise ValueError(
                 f"qk_decay_layers {self.qk_decay_layers} are not all in a model of "
                 f"{self.shape.n_layers} layers"

@@ -117,8 +117,8 @@ def test_supervised_heads_must_exist():
 
     small = ModelShape(n_layers=2, n_heads=4)
     with pytest.raises(ValueError, match="mover head L2H0 is not in a model of 2 layers x 4"):
-        TrainConfig(shape=small)
-    TrainConfig(shape=small, supervision=Supervision(mover=(1, 3)))
+        TrainConfig(shape=small, qk_decay=0.0)
+    TrainConfig(shape=small, supervision=Supervision(mover=(1, 3)), qk_decay=0.0)
 
 
 def test_without_a_mover_only_the_key_and_query_terms_remain(tokenizer):
@@ -137,7 +137,12 @@ def test_without_a_mover_only_the_key_and_query_terms_remain(tokenizer):
     no_mover = attention_losses(attentions, tokens, answers, vocabulary, Supervision(mover=None))
     assert set(no_mover) == {"key", "query"}
     assert all(no_mover[term].equal(both[term]) for term in no_mover)
-    TrainConfig(shape=ModelShape(n_layers=2, n_heads=4), supervision=Supervision(mover=None))
+    TrainConfig(
+        shape=ModelShape(n_layers=2, n_heads=4),
+        supervision=Supervision(mover=None),
+        mover_supervision_steps=None,
+        qk_decay=0.0,
+    )
     parsed = parse_supervision("L0H0,L1H0,none", 0.5)
     assert parsed == Supervision(key=(0, 0), query=(1, 0), mover=None, weight=0.5)
     assert _heads_text(parsed) == "L0H0,L1H0,none"
@@ -173,6 +178,8 @@ def test_the_mover_term_applies_in_its_first_steps_only(tokenizer):
         revision_steps=(),
         eval_every=0,
         supervision=Supervision(key=(0, 0), query=(0, 1), mover=(1, 0)),
+        mover_supervision_steps=None,
+        qk_decay=0.0,
         shape=ModelShape(d_model=32, n_layers=2, n_heads=4, d_mlp=64, max_positions=160),
     )
     released = train(
@@ -214,3 +221,18 @@ def test_a_mover_schedule_needs_a_mover_and_is_spelled_on_the_command_line_and_c
         timed
     )
     assert "first" not in throughout
+
+
+def test_the_mover_schedule_option_reads_steps_all_or_the_default():
+    """Not given: the default, or nothing when no head is supervised as the mover (so a
+    ``--supervise none`` run needs no second option); ``all``: every step."""
+    from circuit.training.__main__ import parse_mover_steps
+
+    mover, no_mover = Supervision(), Supervision(mover=None)
+    assert parse_mover_steps("1200", mover, 1500) == 1200
+    assert parse_mover_steps(" ALL ", mover, 1500) is None
+    assert parse_mover_steps(None, mover, 1500) == 1500
+    assert parse_mover_steps(None, no_mover, 1500) is None
+    assert parse_mover_steps(None, None, 1500) is None
+    with pytest.raises(SystemExit, match="a number of steps or 'all', got 'soon'"):
+        parse_mover_steps("soon", mover, 1500)

@@ -29,6 +29,8 @@ def _config(steps: int) -> TrainConfig:
         threads=1,
         corpus="v3",
         supervision=None,
+        mover_supervision_steps=None,
+        qk_decay=0.0,
         freeze_embeddings=False,
         fresh_categories=False,
         shape=TINY,
@@ -71,6 +73,8 @@ def test_entry_point_writes_the_shipped_layout(tmp_path):
             "0",
             "--supervise",
             "none",
+            "--qk-decay",
+            "0",
             "--no-card",
         ]
     )
@@ -90,7 +94,7 @@ def test_weight_decay_option_reaches_the_optimiser(tmp_path):
 
     args = ["--steps", "3", "--revisions", "", "--batch-size", "4", "--d-model", "32"]
     args += ["--layers", "1", "--heads", "2", "--d-mlp", "64", "--eval-every", "0"]
-    args += ["--supervise", "none", "--no-card", "--lr", "0.05"]
+    args += ["--supervise", "none", "--no-card", "--lr", "0.05", "--qk-decay", "0"]
     weights = {}
     for name, extra in {"default": [], "decay": ["--weight-decay", "0.5"]}.items():
         out = tmp_path / name
@@ -146,6 +150,7 @@ def test_qk_decay_option_shrinks_only_the_chosen_layers_queries_and_keys(tmp_pat
     args = ["--steps", "3", "--revisions", "", "--batch-size", "4", "--d-model", "32"]
     args += ["--layers", "2", "--heads", "2", "--d-mlp", "64", "--eval-every", "0"]
     args += ["--supervise", "none", "--no-card", "--lr", "0.05", "--corpus", "v3"]
+    args += ["--qk-decay", "0", "--qk-decay-layers", ""]
     args += ["--no-freeze-embeddings", "--no-fresh-categories", "--max-positions", "64"]
     weights = {}
     runs = {"default": [], "decay": ["--qk-decay", "5", "--qk-decay-layers", "1"]}
