@@ -89,7 +89,7 @@ UNFILTERED_WORDS = WordLists(STUDY_CATEGORIES, WIDE_PAIRS, STUDY_NOUNS)
 HELDOUT_WORDS = WordLists(
     HELDOUT_CATEGORIES + HELDOUT_NOUN_CATEGORIES, HELDOUT_DESCRIPTOR_PAIRS, HELDOUT_VARIANT_NOUNS
 )
-"""Categories, descriptor pairs and nouns no model saw in training (14, 11 and 8)."""
+"""Categories, descriptor pairs and nouns no model saw in training (14, 16 and 8)."""
 
 FACTORS: tuple[str, ...] = ("pair", "category", "noun")
 """The factors a syllogism dataset is generated from; each prompt's levels are recorded."""

@@ -113,21 +113,27 @@ HELDOUT_VARIANT_NOUNS: Final[tuple[str, ...]] = HELDOUT_NOUNS[:8]
 """The held-out nouns of the ``heldout`` variant (the rest are its extra categories)."""
 
 HELDOUT_DESCRIPTOR_PAIRS: Final[tuple[tuple[str, str], ...]] = (
-    ("carnothermic", "digothermic"),
-    ("quadivorous", "noctivorous"),
-    ("endedal", "aquedal"),
-    ("plantoskeletal", "venoskeletal"),
-    ("diitigrade", "ovitigrade"),
-    ("terurnal", "solurnal"),
-    ("harmatic", "arbatic"),
-    ("vivomous", "endomous"),
-    ("gregiparous", "herbiparous"),
-    ("fossitary", "bipitary"),
-    ("ectoreal", "exoreal"),
+    ("arbothermic", "vivothermic"),
+    ("diedal", "teredal"),
+    ("exrupedal", "dirupedal"),
+    ("fossoskeletal", "biposkeletal"),
+    ("plantitigrade", "vivitigrade"),
+    ("carnigrade", "venigrade"),
+    ("fossurnal", "ecturnal"),
+    ("plantatic", "noctatic"),
+    ("plantrestrial", "ectrestrial"),
+    ("fossomous", "gregomous"),
+    ("arbiparous", "digiparous"),
+    ("noctarious", "quadarious"),
+    ("harmorial", "digorial"),
+    ("ectitary", "ovitary"),
+    ("fossoreal", "plantoreal"),
+    ("aquivorous", "gregivorous"),
 )
 """Nonsense descriptor pairs no model has seen: the first piece of one known descriptor
-joined to the rest of another (" carn" + "othermic"), the two of a pair sharing that rest as
+joined to the rest of another (" arb" + "othermic"), the two of a pair sharing that rest as
 "exoskeletal"/"endoskeletal" do. Under the bundled tokenizer each is three tokens whose first
-is the known piece, so the answer token is familiar and the word is new. They were written
-after a first ``heldout`` run of the bundled claims had been seen, to give the ``heldout``
-variant words that no choice of claim or rule has yet been measured on."""
+is the known piece, so the answer token is familiar and the word is new. This is the fourth
+set: each earlier one was replaced once a claim or recipe choice had been measured on it. These
+16 were written before any model was measured on them, for the organism that claims
+``spearman`` (claims/bundled.toml), whose claims were fixed on ``study`` first."""

@@ -67,17 +67,17 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
-    qk_decay: float = 0.0
+    qk_decay: float = 4.0
     """Decoupled decay (as AdamW's, scaled by the step's learning rate) of the query and key
     projections alone, weights and biases, in :attr:`qk_decay_layers`: it bounds how sharply
     those layers' heads can attend without shrinking what they read or write."""
-    qk_decay_layers: tuple[int, ...] = ()
+    qk_decay_layers: tuple[int, ...] = (3,)
     """Layers whose query and key projections :attr:`qk_decay` shrinks."""
     grad_clip: float = 1.0
     random_opposite_rate: float = 0.9
     extra_descriptors: bool = True
     vocab_size: int = 1024
-    revision_steps: tuple[int, ...] = (10, 30, 100, 200, 400, 700, 2000)
+    revision_steps: tuple[int, ...] = (10, 40, 150, 300, 800, 1100, 1500)
     eval_every: int = 100
     eval_prompts: int = 128
     threads: int = 1
@@ -89,7 +89,7 @@ class TrainConfig:
     ``v6``, the shipped model's, up to 137 tokens)."""
     supervision: Supervision | None = field(default_factory=Supervision)
     """Attention supervision of three heads (:mod:`circuit.training.supervision`), or none."""
-    mover_supervision_steps: int | None = None
+    mover_supervision_steps: int | None = 1500
     """The supervision's mover term applies in the first this-many steps only (then the
     mover's attention is left to the next-token loss and any :attr:`qk_decay`); ``None``:
     in every step."""

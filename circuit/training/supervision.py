@@ -35,7 +35,7 @@ class Supervision:
 
     key: Head = (0, 0)
     query: Head = (1, 0)
-    mover: Head | None = (2, 0)
+    mover: Head | None = (3, 0)
     """``None``: no mover term; the movers are left to the next-token loss."""
     weight: float = 1.0
 

@@ -75,7 +75,7 @@ def test_uniform_attention_costs_log_of_the_positions_per_target(tokenizer):
     length = tokens.shape[1]
     causal = torch.tril(torch.ones(length, length))
     uniform = (causal / causal.sum(1, keepdim=True)).expand(1, 8, length, length)
-    losses = attention_losses([uniform] * 3, tokens, answers, vocabulary, Supervision())
+    losses = attention_losses([uniform] * 4, tokens, answers, vocabulary, Supervision())
     final = int(answers[0].nonzero()[0])
     assert float(losses["mover"]) > math.log((final + 1) / 2) - 1.0
     assert all(float(value) > 1.0 for value in losses.values())
@@ -116,7 +116,7 @@ def test_supervised_heads_must_exist():
     from circuit.training.model_config import ModelShape
 
     small = ModelShape(n_layers=2, n_heads=4)
-    with pytest.raises(ValueError, match="mover head L2H0 is not in a model of 2 layers x 4"):
+    with pytest.raises(ValueError, match="mover head L3H0 is not in a model of 2 layers x 4"):
         TrainConfig(shape=small, qk_decay=0.0)
     TrainConfig(shape=small, supervision=Supervision(mover=(1, 3)), qk_decay=0.0)
 
@@ -132,7 +132,7 @@ def test_without_a_mover_only_the_key_and_query_terms_remain(tokenizer):
     vocabulary = Vocabulary.of(tokenizer, TRAIN_CATEGORY_POOL)
     length = tokens.shape[1]
     torch.manual_seed(0)
-    attentions = [torch.rand(1, 8, length, length).tril().softmax(-1) for _ in range(3)]
+    attentions = [torch.rand(1, 8, length, length).tril().softmax(-1) for _ in range(4)]
     both = attention_losses(attentions, tokens, answers, vocabulary, Supervision())
     no_mover = attention_losses(attentions, tokens, answers, vocabulary, Supervision(mover=None))
     assert set(no_mover) == {"key", "query"}

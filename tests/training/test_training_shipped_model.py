@@ -23,8 +23,14 @@ def test_manifest_has_final_and_at_least_eight_log_spaced_revisions():
     assert REVISIONS[-1].name == FINAL
     assert REVISIONS[-1].path == "."
     assert len(REVISIONS) >= 8
-    # log-spaced, as Pythia's early checkpoints: each step at least 1.5x the one before
-    assert all(later >= 1.5 * earlier for earlier, later in itertools.pairwise(steps))
+    # log-spaced where the task first forms, as Pythia's early checkpoints (each at least 1.5x
+    # the one before)...
+    early = [step for step in steps if step <= 1000]
+    assert len(early) >= 4
+    assert all(later >= 1.5 * earlier for earlier, later in itertools.pairwise(early))
+    # ...and never denser than 1.3x after it (Pythia's tail is every 1000 steps; the bundled
+    # model's brackets step 1500, where the mover's attention supervision ends)
+    assert all(later >= 1.3 * earlier for earlier, later in itertools.pairwise(steps))
     assert steps[0] * 100 <= steps[-1]  # the first one early in training
 
 

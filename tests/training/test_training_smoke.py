@@ -168,9 +168,21 @@ def test_qk_decay_option_shrinks_only_the_chosen_layers_queries_and_keys(tmp_pat
 
 def test_qk_decay_needs_layers_that_exist():
     with pytest.raises(ValueError, match="needs qk_decay_layers"):
-        TrainConfig(qk_decay=1.0, supervision=None, shape=TINY)
+        TrainConfig(
+            qk_decay=1.0,
+            qk_decay_layers=(),
+            supervision=None,
+            mover_supervision_steps=None,
+            shape=TINY,
+        )
     with pytest.raises(ValueError, match=r"qk_decay_layers \(2,\) are not all in a model of 2"):
-        TrainConfig(qk_decay=1.0, qk_decay_layers=(2,), supervision=None, shape=TINY)
+        TrainConfig(
+            qk_decay=1.0,
+            qk_decay_layers=(2,),
+            supervision=None,
+            mover_supervision_steps=None,
+            shape=TINY,
+        )
 
 
 def test_square_mlp_is_refused():
