@@ -39,8 +39,8 @@ n_pairs = 16
 [[claims]]
 id = "word-movers"
 kind = "word-movers"
-description = "L3H1, L3H6, L3H0, L3H7, L3H4 together carry the majority of the logit difference."
-heads = ["L3H1", "L3H6", "L3H0", "L3H7", "L3H4"]
+description = "L3H7, L3H0, L2H7 together carry the majority of the logit difference."
+heads = ["L3H7", "L3H0", "L2H7"]
 roles = { attends_to = "descriptor" }
 thresholds = { share = 0.5 }
 
@@ -48,10 +48,13 @@ thresholds = { share = 0.5 }
 id = "value-position"
 kind = "value-position"
 description = "The word movers' values matter most at the descriptor's first token."
-heads = ["L3H1", "L3H6", "L3H0", "L3H7", "L3H4"]
+heads = ["L3H7", "L3H0", "L2H7"]
 roles = { position = "descriptor" }
 thresholds = { share = 0.5 }
 """
+
+N_MOVERS = 3
+"""Heads named by each claim of :data:`SMALL_CLAIMS`."""
 
 
 def _pytest_claims(*args: str) -> subprocess.CompletedProcess:
@@ -96,9 +99,9 @@ def test_every_expected_figure_exists_as_png_and_svg(report):
     expected = [f"{movers}-dla", f"{movers}-attention-writing", f"{values}-value-by-position"]
     for name in expected:
         assert any(stem.endswith(name) for stem in stems), (name, sorted(stems))
-    # one histogram per check: gap, share, 5 head floors / gap, share, largest, 5 head floors
-    assert sum(movers in s and "-check" in s for s in stems) == 7
-    assert sum(values in s and "-check" in s for s in stems) == 8
+    # one histogram per check: gap, share, a floor per head / gap, share, largest, a floor per head
+    assert sum(movers in s and "-check" in s for s in stems) == 2 + N_MOVERS
+    assert sum(values in s and "-check" in s for s in stems) == 3 + N_MOVERS
     assert (report / "figures" / next(iter(stems))).with_suffix(".png").read_bytes()[:4] == (
         b"\x89PNG"
     )
@@ -123,7 +126,8 @@ def test_the_page_links_only_to_files_that_exist_and_fetches_nothing(report):
 
 def test_the_page_shows_verdicts_explanations_environment_and_command(report):
     page = (report / "index.html").read_text()
-    assert page.count('<tr class="INCONCLUSIVE">') + page.count('<tr class="CONFIRMED">') == 15
+    rows = page.count('<tr class="INCONCLUSIVE">') + page.count('<tr class="CONFIRMED">')
+    assert rows == (2 + N_MOVERS) + (3 + N_MOVERS)  # one row per check of the two claims
     assert "95% cluster bootstrap CI" in page  # Judgement.explanation()
     assert "a CONFIRMED verdict needed at least 8 independent clusters" in page
     for key in ("revision", "dtype", "device", "torch", "transformer_lens", "scipy"):
@@ -172,8 +176,8 @@ def test_the_report_renders_in_headless_chromium(report, tmp_path):
 def test_the_figures_command_draws_the_standard_sweeps(tmp_path, capsys):
     out = tmp_path / "figs"
     argv = ["figures", "--model", "bundled", "--variant", "study", "--n-pairs", "4"]
-    assert main([*argv, "--out", str(out), "--receivers", "L3H1,L3H6"]) == 0
-    for stem in ("dla-heads", "patch-heads-z", "patch-resid", "path-q-L3H1-L3H6"):
+    assert main([*argv, "--out", str(out), "--receivers", "L3H7,L3H0"]) == 0
+    for stem in ("dla-heads", "patch-heads-z", "patch-resid", "path-q-L3H7-L3H0"):
         for suffix in (".png", ".svg"):
             assert (out / f"{stem}{suffix}").stat().st_size > 1000, stem
     assert "4 figures (PNG and SVG)" in capsys.readouterr().out
